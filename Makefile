@@ -1,0 +1,70 @@
+# byok: bring-your-own-key transparent data encryption for PostgreSQL 15
+EXTENSION = byok
+MODULE_big = byok
+EXTVERSION = 1.0
+
+OBJS = src/byok.o src/crypto.o src/keyring.o src/hooks.o src/smgr.o
+DATA = byok--$(EXTVERSION).sql
+
+# Frontend program and unit tests share the crypto core and keyring code,
+# compiled a second time with FRONTEND defined.
+FE_OBJS = src/crypto.fe.o src/keyring.fe.o
+PROGRAM_FE = pg_byok
+UNIT_TESTS = test/unit/test_crypto
+
+TAP_TESTS = 1
+PROVE_TESTS = test/t/*.pl
+PROVE_FLAGS = -I test/perl
+NO_INSTALLCHECK = 1
+
+DEPS = libcrypto libcurl json-c
+PG_CPPFLAGS = -Isrc $(shell pkg-config --cflags $(DEPS))
+SHLIB_LINK = $(shell pkg-config --libs $(DEPS))
+# Our own files build with -Wall -Wextra; the PostgreSQL headers trip only
+# these two.
+PG_CFLAGS = -std=gnu99 -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare \
+	-Wno-missing-field-initializers
+EXTRA_CLEAN = $(FE_OBJS) src/pg_byok.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
+	test/unit/*.o
+
+# No JIT bitcode for this module: it has no SQL-callable hot paths.
+override with_llvm = no
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+FE_CPPFLAGS = -DFRONTEND -I$(includedir_internal) $(CPPFLAGS)
+FE_LIBS = -L$(pkglibdir) -lpgcommon -lpgport $(shell pkg-config --libs libcrypto) -lm
+
+%.fe.o: %.c
+	$(CC) $(CFLAGS) $(FE_CPPFLAGS) -c -o $@ $<
+
+test/unit/%.o: test/unit/%.c
+	$(CC) $(CFLAGS) $(FE_CPPFLAGS) -c -o $@ $<
+
+all: $(PROGRAM_FE)
+
+$(PROGRAM_FE): src/pg_byok.fe.o $(FE_OBJS)
+	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
+
+test/unit/test_crypto: test/unit/test_crypto.o $(FE_OBJS)
+	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
+
+install: install-pg-byok
+install-pg-byok: $(PROGRAM_FE) installdirs
+	$(INSTALL_PROGRAM) $(PROGRAM_FE) '$(DESTDIR)$(bindir)/$(PROGRAM_FE)'
+
+uninstall: uninstall-pg-byok
+uninstall-pg-byok:
+	rm -f '$(DESTDIR)$(bindir)/$(PROGRAM_FE)'
+
+.PHONY: unittest emulatortest taptest install-pg-byok uninstall-pg-byok
+unittest: $(UNIT_TESTS)
+	@for t in $(UNIT_TESTS); do ./$$t || exit 1; done
+
+emulatortest:
+	python3 test/kms/test_kpemu.py
+
+taptest:
+	$(prove_installcheck)

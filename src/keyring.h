@@ -1,0 +1,81 @@
+/*-------------------------------------------------------------------------
+ *
+ * keyring.h
+ *	  The keyring file ($PGDATA/byok/keyring) and the local root key file.
+ *
+ * The keyring holds only wrapped key material, which root key wraps it,
+ * and where the cluster stands; never a secret in the clear.  It is the one
+ * place that writes key files.  Shared by the server and pg_byok.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BYOK_KEYRING_H
+#define BYOK_KEYRING_H
+
+#include "crypto.h"
+
+#define BYOK_DIR				"byok"
+#define BYOK_KEYRING_FILE		"byok/keyring"
+#define BYOK_KEYRING_FORMAT		1
+#define BYOK_PROVIDER_LOCAL		"local"
+#define BYOK_CIPHER_NAME		"aes-256-ctr"
+#define BYOK_MAX_WRAPPED		4096
+#define BYOK_MAX_TEXT			1024
+
+/* Where the cluster stands. */
+#define BYOK_STATE_ENABLING		"enabling"	/* pg_byok enable in progress */
+#define BYOK_STATE_ENABLED		"enabled"
+
+typedef struct ByokKeyring
+{
+	int			format;
+	uint64_t	system_identifier;
+	char		state[32];
+	char		cipher[32];
+	char		provider[32];	/* "local" (Key Protect: a later provider) */
+	char		root_key_file[BYOK_MAX_TEXT];	/* local provider */
+	char		root_key_id[65];	/* fingerprint of the local root key */
+	char		key_version[128];
+	char		wrapped_key[BYOK_MAX_WRAPPED];	/* base64 */
+	char		created[64];
+	char		updated[64];
+} ByokKeyring;
+
+/* Read and check the keyring; false with err set when missing or bad. */
+extern bool keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
+						 ByokError *err);
+
+/* Write the keyring atomically: temp file, fsync, rename, fsync dir. */
+extern bool keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err);
+
+/* The AAD that binds wrapped key material to one cluster. */
+extern void keyring_aad(uint64_t system_identifier, char *buf, size_t buflen);
+
+/*
+ * Local root key file: 64 hex digits.  load refuses files that are not
+ * owned by the current user or that group/others can access.  These handle
+ * key material: the caller wipes 'key'.
+ */
+extern bool root_key_load(const char *path, uint8_t key[BYOK_KEY_LEN],
+						  ByokError *err);
+extern bool root_key_create(const char *path, uint8_t key[BYOK_KEY_LEN],
+							ByokError *err);
+extern void root_key_fingerprint(const uint8_t key[BYOK_KEY_LEN], char out[65]);
+
+/*
+ * Local provider: wrap / unwrap the key material under a root key, bound
+ * to the cluster by AAD.  unwrap handles key material: caller wipes.
+ */
+extern bool local_wrap(const uint8_t root[BYOK_KEY_LEN], uint64_t sysid,
+					   const uint8_t material[BYOK_KEY_LEN], char *b64out,
+					   size_t b64len);
+extern bool local_unwrap(const uint8_t root[BYOK_KEY_LEN], uint64_t sysid,
+						 const char *b64in, uint8_t material[BYOK_KEY_LEN]);
+
+/* Durable file helpers (also used by pg_byok enable). */
+extern bool byok_fsync_path(const char *path, bool isdir, ByokError *err);
+extern bool byok_durable_rename(const char *from, const char *to, ByokError *err);
+
+extern void byok_now_iso8601(char *buf, size_t len);
+
+#endif							/* BYOK_KEYRING_H */

@@ -1,0 +1,899 @@
+/*-------------------------------------------------------------------------
+ *
+ * pg_byok.c
+ *	  Offline tool for byok clusters: encrypt a stopped cluster in place
+ *	  (enable), show its key state (status), and check that every page
+ *	  decrypts and verifies (verify).
+ *
+ * enable is crash-safe and resumable.  It first writes the keyring (state
+ * "enabling"), then encrypts relation files one at a time into a temp file
+ * beside the original.  A batch of finished temp files is fsynced, their
+ * names are appended to a journal that is fsynced, and only then are they
+ * renamed over the originals.  So a file named in the journal is (or, after
+ * a crash between journal and rename, its temp file is) ciphertext, and a
+ * file not named there is untouched plaintext: a rerun rolls journaled temp
+ * files forward, deletes any other temp file, and carries on; no file is
+ * ever encrypted twice and no page is lost.  The keyring moves to
+ * "enabled" last.  Like pg_checksums --enable, it needs a cleanly shut
+ * down cluster.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres_fe.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <regex.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/relpath.h"
+#include "catalog/pg_control.h"
+#include "common/controldata_utils.h"
+#include "common/file_perm.h"
+#include "common/logging.h"
+#include "getopt_long.h"
+#include "storage/bufpage.h"
+#include "storage/checksum.h"
+
+#include "crypto.h"
+#include "keyring.h"
+
+#define BYOK_VERSION		"1.0"
+#define ENABLE_JOURNAL		"byok/enable.journal"
+#define TMP_SUFFIX			".byok.tmp"
+#define BATCH_FILES			64
+#define BATCH_BYTES			(256 * 1024 * 1024)
+
+/* A relation file to process. */
+typedef struct RelFile
+{
+	char	   *path;			/* relative to the data directory */
+	uint32		relnumber;
+	int			forknum;
+	uint32		segno;
+	off_t		size;
+} RelFile;
+
+/* The list of relation files, sorted by path. */
+typedef struct RelFileList
+{
+	RelFile    *files;
+	int			n;
+	int			cap;
+	uint64		total_bytes;
+} RelFileList;
+
+static const char *progname;
+static char *datadir = NULL;
+static char *root_key_path = NULL;
+static bool show_progress = false;
+static regex_t relfile_re;
+
+/* --- small helpers ------------------------------------------------------ */
+
+static void
+report_error_and_exit(const ByokError *err)
+{
+	pg_log_error("%s", err->msg);
+	if (err->detail[0])
+		pg_log_error_detail("%s", err->detail);
+	if (err->hint[0])
+		pg_log_error_hint("%s", err->hint);
+	exit(1);
+}
+
+static double
+now_seconds(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void
+usage(void)
+{
+	printf("%s manages byok encryption of a stopped PostgreSQL 15 cluster.\n\n", progname);
+	printf("Usage:\n");
+	printf("  %s enable -D DATADIR [--root-key-file FILE]\n", progname);
+	printf("  %s status -D DATADIR\n", progname);
+	printf("  %s verify -D DATADIR [--root-key-file FILE]\n", progname);
+	printf("\nCommands:\n");
+	printf("  enable    encrypt every relation file in place and write the keyring\n");
+	printf("            (crash-safe; run it again after an interruption to resume)\n");
+	printf("  status    show the keyring and key state of a cluster\n");
+	printf("  verify    check that every page decrypts (and, with data checksums, verifies)\n");
+	printf("\nOptions:\n");
+	printf("  -D, --pgdata=DATADIR        data directory (default: $PGDATA)\n");
+	printf("      --root-key-file=FILE    local root key (enable creates it if missing;\n");
+	printf("                              default: DATADIR.byok-root.key)\n");
+	printf("  -P, --progress              show progress (default on a terminal)\n");
+	printf("  -V, --version               output version information, then exit\n");
+	printf("  -?, --help                  show this help, then exit\n");
+}
+
+/* pg_control, checked. */
+static ControlFileData *
+read_control_file(void)
+{
+	bool		crc_ok;
+	ControlFileData *cf = get_controlfile(datadir, &crc_ok);
+
+	if (!crc_ok)
+		pg_fatal("pg_control in \"%s\" has a bad CRC; is this a PostgreSQL 15 data directory?",
+				 datadir);
+	if (cf->pg_control_version != PG_CONTROL_VERSION)
+		pg_fatal("cluster is not PostgreSQL 15 (pg_control version %u, expected %u)",
+				 cf->pg_control_version, PG_CONTROL_VERSION);
+	if (cf->blcksz != BLCKSZ)
+		pg_fatal("cluster block size %u is not supported (byok needs %u)", cf->blcksz, BLCKSZ);
+	return cf;
+}
+
+static void
+check_server_stopped(void)
+{
+	char		path[MAXPGPATH];
+	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/postmaster.pid", datadir);
+	if (stat(path, &st) == 0)
+	{
+		pg_log_error("the server is running, or postmaster.pid was left behind");
+		pg_log_error_hint("Stop the server cleanly (pg_ctl stop -D \"%s\") and run the command again.",
+						  datadir);
+		exit(1);
+	}
+}
+
+/* --- relation files ------------------------------------------------------ */
+
+static void
+add_relfile(RelFileList *list, const char *relpath, const char *name, off_t size)
+{
+	RelFile    *f;
+	const char *us;
+	const char *dot;
+
+	if (list->n == list->cap)
+	{
+		list->cap = list->cap ? list->cap * 2 : 1024;
+		list->files = pg_realloc(list->files, list->cap * sizeof(RelFile));
+	}
+	f = &list->files[list->n++];
+	f->path = pg_strdup(relpath);
+	f->relnumber = (uint32) strtoul(name, NULL, 10);
+	f->forknum = BYOK_MAIN_FORKNUM;
+	us = strchr(name, '_');
+	if (us != NULL)
+	{
+		if (strncmp(us + 1, "fsm", 3) == 0)
+			f->forknum = BYOK_FSM_FORKNUM;
+		else if (strncmp(us + 1, "vm", 2) == 0)
+			f->forknum = BYOK_VM_FORKNUM;
+		else
+			f->forknum = BYOK_INIT_FORKNUM;
+	}
+	dot = strchr(name, '.');
+	f->segno = dot ? (uint32) strtoul(dot + 1, NULL, 10) : 0;
+	f->size = size;
+	list->total_bytes += size;
+}
+
+/* Collect the relation files of one database directory. */
+static void
+scan_db_dir(RelFileList *list, const char *reldir)
+{
+	char		path[MAXPGPATH];
+	DIR		   *dir;
+	struct dirent *de;
+
+	snprintf(path, sizeof(path), "%s/%s", datadir, reldir);
+	dir = opendir(path);
+	if (dir == NULL)
+		pg_fatal("could not open directory \"%s\": %m", path);
+	while ((de = readdir(dir)) != NULL)
+	{
+		char		relpath[MAXPGPATH];
+		char		full[MAXPGPATH];
+		struct stat st;
+
+		if (regexec(&relfile_re, de->d_name, 0, NULL, 0) != 0)
+			continue;			/* temp relations, maps, pg_control, ... */
+		snprintf(relpath, sizeof(relpath), "%s/%s", reldir, de->d_name);
+		snprintf(full, sizeof(full), "%s/%s", datadir, relpath);
+		if (lstat(full, &st) != 0)
+			pg_fatal("could not stat file \"%s\": %m", full);
+		if (!S_ISREG(st.st_mode))
+			continue;
+		add_relfile(list, relpath, de->d_name, st.st_size);
+	}
+	closedir(dir);
+}
+
+/* Collect database directories under 'parent' (base/ or a tablespace). */
+static void
+scan_parent_dir(RelFileList *list, const char *parent)
+{
+	char		path[MAXPGPATH];
+	DIR		   *dir;
+	struct dirent *de;
+
+	snprintf(path, sizeof(path), "%s/%s", datadir, parent);
+	dir = opendir(path);
+	if (dir == NULL)
+		pg_fatal("could not open directory \"%s\": %m", path);
+	while ((de = readdir(dir)) != NULL)
+	{
+		char		sub[MAXPGPATH];
+
+		if (strspn(de->d_name, "0123456789") != strlen(de->d_name) || de->d_name[0] == '\0')
+			continue;
+		snprintf(sub, sizeof(sub), "%s/%s", parent, de->d_name);
+		scan_db_dir(list, sub);
+	}
+	closedir(dir);
+}
+
+static int
+relfile_cmp(const void *a, const void *b)
+{
+	return strcmp(((const RelFile *) a)->path, ((const RelFile *) b)->path);
+}
+
+/* Every relation file of the cluster: global/, base/, each tablespace. */
+static void
+collect_relation_files(RelFileList *list)
+{
+	char		path[MAXPGPATH];
+	DIR		   *dir;
+	struct dirent *de;
+
+	memset(list, 0, sizeof(*list));
+	if (regcomp(&relfile_re, "^[0-9]+(_(fsm|vm|init))?(\\.[0-9]+)?$", REG_EXTENDED | REG_NOSUB) != 0)
+		pg_fatal("could not compile a regular expression");
+
+	scan_db_dir(list, "global");
+	scan_parent_dir(list, "base");
+
+	snprintf(path, sizeof(path), "%s/pg_tblspc", datadir);
+	dir = opendir(path);
+	if (dir == NULL)
+		pg_fatal("could not open directory \"%s\": %m", path);
+	while ((de = readdir(dir)) != NULL)
+	{
+		char		spc[MAXPGPATH];
+
+		if (strspn(de->d_name, "0123456789") != strlen(de->d_name) || de->d_name[0] == '\0')
+			continue;
+		snprintf(spc, sizeof(spc), "pg_tblspc/%s/%s", de->d_name, TABLESPACE_VERSION_DIRECTORY);
+		snprintf(path, sizeof(path), "%s/%s", datadir, spc);
+		if (access(path, F_OK) == 0)
+			scan_parent_dir(list, spc);
+	}
+	closedir(dir);
+	if (list->n > 0)
+		qsort(list->files, list->n, sizeof(RelFile), relfile_cmp);
+}
+
+static void
+page_id_for(const RelFile *f, uint32 block_in_file, ByokPageId *id)
+{
+	id->relnumber = f->relnumber;
+	id->forknum = f->forknum;
+	id->blkno = f->segno * RELSEG_SIZE + block_in_file;
+	id->tweak = 0;
+}
+
+static void
+progress(uint64 done, uint64 total, double start, bool final)
+{
+	static double last = 0;
+	double		now = now_seconds();
+
+	if (!show_progress || (!final && now - last < 0.25))
+		return;
+	last = now;
+	fprintf(stderr, "\r%llu/%llu MB (%d%%), %.1f MB/s",
+			(unsigned long long) (done / (1024 * 1024)),
+			(unsigned long long) (total / (1024 * 1024)),
+			total ? (int) (done * 100 / total) : 100,
+			now > start ? done / (1024.0 * 1024.0) / (now - start) : 0.0);
+	if (final)
+		fprintf(stderr, "\n");
+}
+
+/* --- keys ------------------------------------------------------------------ */
+
+/* Unwrap the key material of 'kr' and set up the cipher; handles keys. */
+static void
+load_keys(const ByokKeyring *kr, uint64 sysid)
+{
+	ByokError	err = {{0}};
+	uint8_t		root[BYOK_KEY_LEN];
+	uint8_t		material[BYOK_KEY_LEN];
+	char		fp[65];
+	const char *path = root_key_path ? root_key_path : kr->root_key_file;
+
+	if (strcmp(kr->provider, BYOK_PROVIDER_LOCAL) != 0)
+		pg_fatal("keyring provider \"%s\" is not supported by this pg_byok", kr->provider);
+	if (!root_key_load(path, root, &err))
+		report_error_and_exit(&err);
+	root_key_fingerprint(root, fp);
+	if (strcmp(fp, kr->root_key_id) != 0)
+	{
+		byok_wipe(root, sizeof(root));
+		pg_log_error("root key file \"%s\" holds the wrong key for this cluster", path);
+		pg_log_error_detail("The keyring was wrapped by the root key with fingerprint %s; the file holds %s.",
+							kr->root_key_id, fp);
+		exit(1);
+	}
+	if (!local_unwrap(root, sysid, kr->wrapped_key, material))
+	{
+		byok_wipe(root, sizeof(root));
+		pg_fatal("could not unwrap the key material in \"%s/%s\" for system identifier %llu",
+				 datadir, BYOK_KEYRING_FILE, (unsigned long long) sysid);
+	}
+	byok_wipe(root, sizeof(root));
+	if (!byok_crypto_init(material, &err))
+	{
+		byok_wipe(material, sizeof(material));
+		report_error_and_exit(&err);
+	}
+	byok_wipe(material, sizeof(material));
+}
+
+/* --- enable ---------------------------------------------------------------- */
+
+/* Encrypt one relation file into path.byok.tmp, fsynced. */
+static void
+encrypt_file(const RelFile *f, bool checksums, uint64 *done, uint64 total,
+			 double start)
+{
+	char		src[MAXPGPATH];
+	char		tmp[MAXPGPATH];
+	int			in;
+	int			out;
+	PGAlignedBlock page;
+	PGAlignedBlock enc;
+	uint32		blk = 0;
+	ssize_t		n;
+
+	snprintf(src, sizeof(src), "%s/%s", datadir, f->path);
+	snprintf(tmp, sizeof(tmp), "%s%s", src, TMP_SUFFIX);
+	in = open(src, O_RDONLY | PG_BINARY, 0);
+	if (in < 0)
+		pg_fatal("could not open file \"%s\": %m", src);
+	out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
+	if (out < 0)
+		pg_fatal("could not create file \"%s\": %m", tmp);
+
+	while ((n = read(in, page.data, BLCKSZ)) > 0)
+	{
+		ByokPageId	id;
+
+		if (n != BLCKSZ)
+			pg_fatal("file \"%s\" ends with a partial page (%zd bytes at block %u)",
+					 src, n, blk);
+		page_id_for(f, blk, &id);
+		byok_page_encrypt(page.data, enc.data, &id, checksums);
+		if (write(out, enc.data, BLCKSZ) != BLCKSZ)
+			pg_fatal("could not write file \"%s\": %m", tmp);
+		blk++;
+		*done += BLCKSZ;
+		progress(*done, total, start, false);
+	}
+	if (n < 0)
+		pg_fatal("could not read file \"%s\": %m", src);
+	if (fsync(out) != 0)
+		pg_fatal("could not fsync file \"%s\": %m", tmp);
+	close(out);
+	close(in);
+}
+
+/* The set of paths in the enable journal. */
+static char **
+read_journal(int *count)
+{
+	char		path[MAXPGPATH];
+	FILE	   *fp;
+	char		line[MAXPGPATH + 16];
+	char	  **paths = NULL;
+	int			n = 0;
+	int			cap = 0;
+
+	snprintf(path, sizeof(path), "%s/%s", datadir, ENABLE_JOURNAL);
+	fp = fopen(path, "r");
+	*count = 0;
+	if (fp == NULL)
+		return NULL;
+	while (fgets(line, sizeof(line), fp) != NULL)
+	{
+		size_t		len = strlen(line);
+
+		/* a torn last line (no newline) was never acted on */
+		if (len == 0 || line[len - 1] != '\n' || strncmp(line, "commit ", 7) != 0)
+			continue;
+		line[len - 1] = '\0';
+		if (n == cap)
+		{
+			cap = cap ? cap * 2 : 256;
+			paths = pg_realloc(paths, cap * sizeof(char *));
+		}
+		paths[n++] = pg_strdup(line + 7);
+	}
+	fclose(fp);
+	*count = n;
+	return paths;
+}
+
+static int
+str_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+static void
+cmd_enable(void)
+{
+	ControlFileData *cf;
+	ByokKeyring kr;
+	ByokError	err = {{0}};
+	bool		missing;
+	RelFileList list;
+	char	  **journaled;
+	int			njournaled;
+	char		jpath[MAXPGPATH];
+	int			jfd;
+	uint64		done = 0;
+	uint64		files_done = 0;
+	double		start;
+	bool		resumed = false;
+	int			batch_start;
+
+	check_server_stopped();
+	cf = read_control_file();
+	if (cf->state != DB_SHUTDOWNED)
+	{
+		pg_log_error("cluster must be shut down cleanly to be encrypted");
+		pg_log_error_detail("pg_control says the cluster state is \"%s\".",
+							cf->state == DB_IN_PRODUCTION ? "in production" :
+							cf->state == DB_SHUTDOWNED_IN_RECOVERY ? "shut down in recovery" :
+							"not shut down");
+		pg_log_error_hint("Start the server without byok and stop it with \"pg_ctl stop -m fast\", then run pg_byok enable again.");
+		exit(1);
+	}
+
+	if (keyring_read(datadir, &kr, &missing, &err))
+	{
+		if (strcmp(kr.state, BYOK_STATE_ENABLED) == 0)
+		{
+			printf("cluster \"%s\" is already encrypted\n", datadir);
+			return;
+		}
+		if (kr.system_identifier != cf->system_identifier)
+			pg_fatal("keyring belongs to system identifier %llu, this cluster is %llu",
+					 (unsigned long long) kr.system_identifier,
+					 (unsigned long long) cf->system_identifier);
+		load_keys(&kr, cf->system_identifier);
+		resumed = true;
+		printf("resuming the interrupted encryption of \"%s\"\n", datadir);
+	}
+	else if (!missing)
+		report_error_and_exit(&err);
+	else
+	{
+		uint8_t		root[BYOK_KEY_LEN];
+		uint8_t		material[BYOK_KEY_LEN];
+		char		defpath[MAXPGPATH];
+		char	   *abs;
+
+		if (root_key_path == NULL)
+		{
+			snprintf(defpath, sizeof(defpath), "%s.byok-root.key", datadir);
+			root_key_path = pg_strdup(defpath);
+		}
+		abs = make_absolute_path(root_key_path);
+		if (access(abs, F_OK) == 0)
+		{
+			if (!root_key_load(abs, root, &err))
+				report_error_and_exit(&err);
+			printf("using the existing root key file \"%s\"\n", abs);
+		}
+		else
+		{
+			if (!root_key_create(abs, root, &err))
+				report_error_and_exit(&err);
+			printf("created a new local root key in \"%s\" (mode 0600; keep it outside backups of the data directory)\n", abs);
+		}
+
+		memset(&kr, 0, sizeof(kr));
+		kr.system_identifier = cf->system_identifier;
+		strcpy(kr.state, BYOK_STATE_ENABLING);
+		strcpy(kr.provider, BYOK_PROVIDER_LOCAL);
+		snprintf(kr.root_key_file, sizeof(kr.root_key_file), "%s", abs);
+		root_key_fingerprint(root, kr.root_key_id);
+		strcpy(kr.key_version, "local-1");
+		if (!byok_random_bytes(material, sizeof(material)) ||
+			!local_wrap(root, kr.system_identifier, material, kr.wrapped_key,
+						sizeof(kr.wrapped_key)))
+			pg_fatal("could not generate and wrap the cluster key material");
+		byok_wipe(root, sizeof(root));
+		if (!byok_crypto_init(material, &err))
+			report_error_and_exit(&err);
+		byok_wipe(material, sizeof(material));
+		if (!keyring_write(datadir, &kr, &err))
+			report_error_and_exit(&err);
+		/* the root key path is now in the keyring; later runs read it there */
+		root_key_path = NULL;
+	}
+
+	collect_relation_files(&list);
+	journaled = read_journal(&njournaled);
+	if (njournaled > 0)
+		qsort(journaled, njournaled, sizeof(char *), str_cmp);
+
+	/* roll journaled temp files forward, drop any other temp file */
+	for (int i = 0; i < list.n; i++)
+	{
+		char		full[MAXPGPATH];
+		char		tmp[MAXPGPATH];
+		bool		committed = njournaled > 0 &&
+			bsearch(&list.files[i].path, journaled, njournaled, sizeof(char *), str_cmp) != NULL;
+
+		snprintf(full, sizeof(full), "%s/%s", datadir, list.files[i].path);
+		snprintf(tmp, sizeof(tmp), "%s%s", full, TMP_SUFFIX);
+		if (access(tmp, F_OK) == 0)
+		{
+			if (committed)
+			{
+				if (!byok_durable_rename(tmp, full, &err))
+					report_error_and_exit(&err);
+			}
+			else if (unlink(tmp) != 0)
+				pg_fatal("could not remove file \"%s\": %m", tmp);
+		}
+	}
+
+	snprintf(jpath, sizeof(jpath), "%s/%s", datadir, ENABLE_JOURNAL);
+	jfd = open(jpath, O_WRONLY | O_CREAT | O_APPEND | PG_BINARY, pg_file_create_mode);
+	if (jfd < 0)
+		pg_fatal("could not open file \"%s\": %m", jpath);
+
+	start = now_seconds();
+	{
+		uint64		remaining = 0;
+
+		for (int i = 0; i < list.n; i++)
+			if (!(njournaled > 0 &&
+				  bsearch(&list.files[i].path, journaled, njournaled, sizeof(char *), str_cmp)))
+				remaining += list.files[i].size;
+		list.total_bytes = remaining;
+	}
+
+	/* encrypt in batches: temp files, then journal, then renames */
+	batch_start = 0;
+	while (batch_start < list.n)
+	{
+		int			batch_end = batch_start;
+		uint64		batch_bytes = 0;
+		bool		any = false;
+
+		while (batch_end < list.n && batch_end - batch_start < BATCH_FILES &&
+			   batch_bytes < BATCH_BYTES)
+		{
+			RelFile    *f = &list.files[batch_end];
+
+			if (!(njournaled > 0 &&
+				  bsearch(&f->path, journaled, njournaled, sizeof(char *), str_cmp)))
+			{
+				encrypt_file(f, cf->data_checksum_version != 0, &done, list.total_bytes, start);
+				batch_bytes += f->size;
+				any = true;
+			}
+			batch_end++;
+		}
+		if (any)
+		{
+			for (int i = batch_start; i < batch_end; i++)
+			{
+				RelFile    *f = &list.files[i];
+				char		line[MAXPGPATH + 16];
+				int			len;
+
+				if (njournaled > 0 &&
+					bsearch(&f->path, journaled, njournaled, sizeof(char *), str_cmp))
+					continue;
+				len = snprintf(line, sizeof(line), "commit %s\n", f->path);
+				if (write(jfd, line, len) != len)
+					pg_fatal("could not write file \"%s\": %m", jpath);
+			}
+			if (fsync(jfd) != 0)
+				pg_fatal("could not fsync file \"%s\": %m", jpath);
+			for (int i = batch_start; i < batch_end; i++)
+			{
+				RelFile    *f = &list.files[i];
+				char		full[MAXPGPATH];
+				char		tmp[MAXPGPATH];
+
+				if (njournaled > 0 &&
+					bsearch(&f->path, journaled, njournaled, sizeof(char *), str_cmp))
+					continue;
+				snprintf(full, sizeof(full), "%s/%s", datadir, f->path);
+				snprintf(tmp, sizeof(tmp), "%s%s", full, TMP_SUFFIX);
+				if (rename(tmp, full) != 0)
+					pg_fatal("could not rename file \"%s\" to \"%s\": %m", tmp, full);
+				files_done++;
+			}
+		}
+		batch_start = batch_end;
+	}
+	close(jfd);
+	progress(done, list.total_bytes, start, true);
+
+	/* make every rename durable before declaring the cluster encrypted */
+	{
+		char		last[MAXPGPATH] = "";
+
+		for (int i = 0; i < list.n; i++)
+		{
+			char		dir[MAXPGPATH];
+			char	   *slash;
+
+			snprintf(dir, sizeof(dir), "%s/%s", datadir, list.files[i].path);
+			slash = strrchr(dir, '/');
+			*slash = '\0';
+			if (strcmp(dir, last) == 0)
+				continue;
+			if (!byok_fsync_path(dir, true, &err))
+				report_error_and_exit(&err);
+			strcpy(last, dir);
+		}
+	}
+
+	strcpy(kr.state, BYOK_STATE_ENABLED);
+	if (!keyring_write(datadir, &kr, &err))
+		report_error_and_exit(&err);
+	if (unlink(jpath) != 0)
+		pg_fatal("could not remove file \"%s\": %m", jpath);
+
+	{
+		double		secs = now_seconds() - start;
+
+		printf("%s: encrypted %llu files (%.1f MB) in %.2f s (%.1f MB/s)%s\n",
+			   progname, (unsigned long long) files_done, done / (1024.0 * 1024.0), secs,
+			   secs > 0 ? done / (1024.0 * 1024.0) / secs : 0.0,
+			   resumed ? ", resumed" : "");
+		printf("%s: cluster \"%s\" is encrypted; add shared_preload_libraries = 'byok' to postgresql.conf and start it\n",
+			   progname, datadir);
+	}
+}
+
+/* --- status ---------------------------------------------------------------- */
+
+static void
+cmd_status(void)
+{
+	ByokKeyring kr;
+	ByokError	err = {{0}};
+	bool		missing;
+	ControlFileData *cf = read_control_file();
+	char		jpath[MAXPGPATH];
+
+	if (!keyring_read(datadir, &kr, &missing, &err))
+	{
+		if (missing)
+		{
+			printf("encryption:          off (no keyring; run pg_byok enable)\n");
+			exit(2);
+		}
+		report_error_and_exit(&err);
+	}
+	snprintf(jpath, sizeof(jpath), "%s/%s", datadir, ENABLE_JOURNAL);
+	printf("encryption:          %s\n",
+		   strcmp(kr.state, BYOK_STATE_ENABLED) == 0 ? "on" : "incomplete (pg_byok enable was interrupted)");
+	printf("keyring state:       %s\n", kr.state);
+	printf("cipher:              %s\n", kr.cipher);
+	printf("provider:            %s\n", kr.provider);
+	printf("root key file:       %s\n", kr.root_key_file);
+	printf("root key id:         %s\n", kr.root_key_id);
+	printf("key version:         %s\n", kr.key_version);
+	printf("system identifier:   %llu%s\n", (unsigned long long) kr.system_identifier,
+		   kr.system_identifier == cf->system_identifier ? "" : " (DOES NOT MATCH pg_control)");
+	printf("data checksums:      %s\n", cf->data_checksum_version ? "on" : "off");
+	printf("keyring created:     %s\n", kr.created);
+	printf("keyring updated:     %s\n", kr.updated);
+	if (access(jpath, F_OK) == 0)
+		printf("enable journal:      present (%s)\n", jpath);
+}
+
+/* --- verify ---------------------------------------------------------------- */
+
+/* Does a page look like a valid PostgreSQL page header? */
+static bool
+page_header_plausible(const char *page)
+{
+	const PageHeaderData *ph = (const PageHeaderData *) page;
+
+	return PageGetPageSize(ph) == BLCKSZ &&
+		PageGetPageLayoutVersion(ph) == PG_PAGE_LAYOUT_VERSION &&
+		(ph->pd_flags & ~PD_VALID_FLAG_BITS) == 0 &&
+		ph->pd_lower <= ph->pd_upper &&
+		ph->pd_upper <= ph->pd_special &&
+		ph->pd_special <= BLCKSZ &&
+		ph->pd_special == MAXALIGN(ph->pd_special);
+}
+
+static void
+cmd_verify(void)
+{
+	ByokKeyring kr;
+	ByokError	err = {{0}};
+	bool		missing;
+	ControlFileData *cf = read_control_file();
+	bool		checksums = cf->data_checksum_version != 0;
+	RelFileList list;
+	uint64		pages = 0;
+	uint64		zero_pages = 0;
+	int			bad_files = 0;
+	double		start = now_seconds();
+
+	if (!keyring_read(datadir, &kr, &missing, &err))
+		report_error_and_exit(&err);
+	if (strcmp(kr.state, BYOK_STATE_ENABLED) != 0)
+		pg_fatal("encryption of \"%s\" is not finished (keyring state \"%s\"); run pg_byok enable",
+				 datadir, kr.state);
+	load_keys(&kr, cf->system_identifier);
+	collect_relation_files(&list);
+
+	for (int i = 0; i < list.n; i++)
+	{
+		RelFile    *f = &list.files[i];
+		char		full[MAXPGPATH];
+		int			fd;
+		PGAlignedBlock page;
+		ssize_t		n;
+		uint32		blk = 0;
+		const char *problem = NULL;
+
+		snprintf(full, sizeof(full), "%s/%s", datadir, f->path);
+		fd = open(full, O_RDONLY | PG_BINARY, 0);
+		if (fd < 0)
+		{
+			if (errno == ENOENT)
+				continue;		/* dropped while we looked: not ours */
+			pg_fatal("could not open file \"%s\": %m", full);
+		}
+		while ((n = read(fd, page.data, BLCKSZ)) == BLCKSZ)
+		{
+			ByokPageId	id;
+			ByokPageResult res;
+
+			page_id_for(f, blk, &id);
+			if (byok_page_is_zero(page.data))
+				zero_pages++;
+			else if (page_header_plausible(page.data))
+				problem = "page is stored in plaintext";
+			else if ((res = byok_page_decrypt(page.data, &id, checksums)) == BYOK_PAGE_BAD_CHECKSUM)
+				problem = "checksum of the stored page does not match";
+			else if (!page_header_plausible(page.data))
+				problem = "page does not decrypt to a valid page";
+			pages++;
+			if (problem != NULL)
+				break;
+			blk++;
+		}
+		if (problem == NULL && n != 0)
+			problem = n < 0 ? "read error" : "file ends with a partial page";
+		close(fd);
+		if (problem != NULL)
+		{
+			bad_files++;
+			printf("%s: block %u: %s\n", f->path, f->segno * RELSEG_SIZE + blk, problem);
+		}
+	}
+	printf("%s: verified %d files, %llu pages (%llu all-zero) in %.2f s: %d bad file%s%s\n",
+		   progname, list.n, (unsigned long long) pages, (unsigned long long) zero_pages,
+		   now_seconds() - start, bad_files, bad_files == 1 ? "" : "s",
+		   checksums ? "" : " (no data checksums: pages checked by their headers)");
+	if (bad_files > 0)
+		exit(1);
+}
+
+int
+main(int argc, char *argv[])
+{
+	static struct option long_options[] = {
+		{"pgdata", required_argument, NULL, 'D'},
+		{"root-key-file", required_argument, NULL, 1},
+		{"progress", no_argument, NULL, 'P'},
+		{"version", no_argument, NULL, 'V'},
+		{"help", no_argument, NULL, '?'},
+		{NULL, 0, NULL, 0}
+	};
+	const char *cmd;
+	int			c;
+
+	pg_logging_init(argv[0]);
+	progname = get_progname(argv[0]);
+	show_progress = isatty(fileno(stderr));
+
+	if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-?") == 0 ||
+					 strcmp(argv[1], "help") == 0))
+	{
+		usage();
+		exit(0);
+	}
+	if (argc > 1 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0))
+	{
+		printf("pg_byok (byok) %s\n", BYOK_VERSION);
+		exit(0);
+	}
+	if (argc < 2 || argv[1][0] == '-')
+	{
+		pg_log_error("no command given");
+		pg_log_error_hint("Try \"%s --help\" for more information.", progname);
+		exit(1);
+	}
+	cmd = argv[1];
+	argv++;
+	argc--;
+
+	while ((c = getopt_long(argc, argv, "D:PV?", long_options, NULL)) != -1)
+	{
+		switch (c)
+		{
+			case 'D':
+				datadir = pg_strdup(optarg);
+				break;
+			case 1:
+				root_key_path = pg_strdup(optarg);
+				break;
+			case 'P':
+				show_progress = true;
+				break;
+			case 'V':
+				printf("pg_byok (byok) %s\n", BYOK_VERSION);
+				exit(0);
+			default:
+				pg_log_error_hint("Try \"%s --help\" for more information.", progname);
+				exit(1);
+		}
+	}
+	if (optind < argc)
+	{
+		pg_log_error("too many command-line arguments (first is \"%s\")", argv[optind]);
+		exit(1);
+	}
+	if (datadir == NULL)
+	{
+		const char *env = getenv("PGDATA");
+
+		if (env == NULL || env[0] == '\0')
+		{
+			pg_log_error("no data directory specified");
+			pg_log_error_hint("Use -D DATADIR or set PGDATA.");
+			exit(1);
+		}
+		datadir = pg_strdup(env);
+	}
+	canonicalize_path(datadir);
+	datadir = make_absolute_path(datadir);
+
+	if (strcmp(cmd, "enable") == 0)
+		cmd_enable();
+	else if (strcmp(cmd, "status") == 0)
+		cmd_status();
+	else if (strcmp(cmd, "verify") == 0)
+		cmd_verify();
+	else
+	{
+		pg_log_error("unknown command \"%s\"", cmd);
+		pg_log_error_hint("Try \"%s --help\" for more information.", progname);
+		exit(1);
+	}
+	return 0;
+}
