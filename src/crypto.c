@@ -9,7 +9,8 @@
  * all counter blocks are built here, in two functions, and nowhere else:
  *
  * Pages: the counter block of a page is AES-256-ECB under a per-fork IV key
- * of (nonce || relnumber || blkno), with the low 9 bits cleared for the 512
+ * of (nonce || relnumber || blkno) (for temporary relations, encrypted once
+ * more after XOR with a per-backend tweak), with the low 9 bits cleared for the 512
  * CTR steps inside the page.  The nonce is the page LSN, which stays in
  * clear in the pd_lsn slot; LSN-0 pages get a fresh random synthetic nonce
  * per write, stored in the pd_lsn slot with the top bit set (a bit no real
@@ -287,12 +288,28 @@ byok_page_counter_block(uint64_t nonce, const ByokPageId *id,
 	if (!crypto_ready || fork < 0 || fork >= BYOK_IV_FORKS)
 		crypto_bug("page cipher used without keys or with a bad fork");
 
-	put_be64(in, nonce ^ id->tweak);
+	put_be64(in, nonce);
 	put_be32(in + 8, id->relnumber);
 	put_be32(in + 12, id->blkno);
 	if (EVP_EncryptUpdate(iv_ctx[fork], out, &outl, in, BYOK_BLOCK_LEN) != 1 ||
 		outl != BYOK_BLOCK_LEN)
 		crypto_bug("could not build a page counter block");
+
+	/*
+	 * A tweak (temporary relations) is applied after the first permutation
+	 * and followed by a second one, so it can never alias a different
+	 * nonce, relfilenode or block: E(E(in) XOR (tweak || ~tweak)).
+	 */
+	if (id->tweak != 0)
+	{
+		put_be64(in, id->tweak);
+		put_be64(in + 8, ~id->tweak);
+		for (int i = 0; i < BYOK_BLOCK_LEN; i++)
+			in[i] ^= out[i];
+		if (EVP_EncryptUpdate(iv_ctx[fork], out, &outl, in, BYOK_BLOCK_LEN) != 1 ||
+			outl != BYOK_BLOCK_LEN)
+			crypto_bug("could not build a page counter block");
+	}
 	/* the low 9 bits count the CTR steps inside the page */
 	out[BYOK_BLOCK_LEN - 2] &= (uint8_t) ~((1 << (BYOK_PAGE_COUNTER_BITS - 8)) - 1);
 	out[BYOK_BLOCK_LEN - 1] = 0;

@@ -137,7 +137,9 @@ extern void byok_wal_key_free(ByokWalKey *key);
  * (CTR is symmetric).  Zero-chunk rule: a 16-byte-aligned chunk that is all
  * zeros on input stays all zeros on output, in both directions, so an
  * unwritten page tail is never stored as keystream.  Partial chunks at the
- * edges are en/decrypted without the rule.
+ * edges are en/decrypted without the rule, so callers must widen ranges to
+ * 16-byte boundaries (a zero chunk read in part would come back as
+ * keystream).
  */
 extern void byok_wal_crypt(ByokWalKey *key, uint32_t tli, uint64_t pos,
 						   const uint8_t *in, uint8_t *out, size_t len);
