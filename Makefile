@@ -3,12 +3,12 @@ EXTENSION = byok
 MODULE_big = byok
 EXTVERSION = 1.0
 
-OBJS = src/byok.o src/crypto.o src/keyring.o src/hooks.o src/smgr.o
+OBJS = src/byok.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/smgr.o
 DATA = byok--$(EXTVERSION).sql
 
 # Frontend program and unit tests share the crypto core and keyring code,
 # compiled a second time with FRONTEND defined.
-FE_OBJS = src/crypto.fe.o src/keyring.fe.o
+FE_OBJS = src/crypto.fe.o src/keyring.fe.o src/kms.fe.o src/provider.fe.o
 PROGRAM_FE = pg_byok
 UNIT_TESTS = test/unit/test_crypto
 
@@ -35,7 +35,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 FE_CPPFLAGS = -DFRONTEND -I$(includedir_internal) $(CPPFLAGS)
-FE_LIBS = -L$(pkglibdir) -lpgcommon -lpgport $(shell pkg-config --libs libcrypto) -lm
+FE_LIBS = -L$(pkglibdir) -lpgcommon -lpgport $(shell pkg-config --libs $(DEPS)) -lm
 
 %.fe.o: %.c
 	$(CC) $(CFLAGS) $(FE_CPPFLAGS) -c -o $@ $<

@@ -12,6 +12,9 @@ CREATE FUNCTION byok_status(
     OUT enabled boolean,
     OUT state text,
     OUT provider text,
+    OUT key_crn text,
+    OUT kms_endpoint text,
+    OUT key_state text,
     OUT key_version text,
     OUT cipher text,
     OUT hooks_installed boolean,
@@ -20,10 +23,42 @@ CREATE FUNCTION byok_status(
     OUT pages_decrypted bigint,
     OUT checksum_failures bigint,
     OUT root_key_file text,
+    OUT last_kms_contact timestamptz,
+    OUT last_error text,
     OUT keyring_created text)
 RETURNS record
 AS 'MODULE_PATHNAME', 'byok_status'
 LANGUAGE C STRICT PARALLEL SAFE;
+
+CREATE FUNCTION byok_verify_key(
+    OUT ok boolean,
+    OUT key_state text,
+    OUT key_version text,
+    OUT message text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'byok_verify_key'
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
+
+CREATE FUNCTION byok_rotate_key()
+RETURNS text
+AS 'MODULE_PATHNAME', 'byok_rotate_key'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION byok_rewrap()
+RETURNS text
+AS 'MODULE_PATHNAME', 'byok_rewrap'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION byok_key_associations(
+    OUT kind text,
+    OUT resource_crn text,
+    OUT description text,
+    OUT prevent_key_deletion boolean,
+    OUT key_version text,
+    OUT created text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'byok_key_associations'
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED;
 
 CREATE FUNCTION byok_relation_encrypted(regclass)
 RETURNS boolean
@@ -33,3 +68,7 @@ LANGUAGE C STRICT PARALLEL RESTRICTED;
 -- Key status and file-level checks are for superusers unless granted.
 REVOKE ALL ON FUNCTION byok_status() FROM PUBLIC;
 REVOKE ALL ON FUNCTION byok_relation_encrypted(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION byok_verify_key() FROM PUBLIC;
+REVOKE ALL ON FUNCTION byok_rotate_key() FROM PUBLIC;
+REVOKE ALL ON FUNCTION byok_rewrap() FROM PUBLIC;
+REVOKE ALL ON FUNCTION byok_key_associations() FROM PUBLIC;

@@ -39,6 +39,8 @@
 
 #include "byok.h"
 #include "keyring.h"
+#include "kms.h"
+#include "provider.h"
 
 PG_MODULE_MAGIC;
 
@@ -47,13 +49,44 @@ void		_PG_init(void);
 PG_FUNCTION_INFO_V1(byok_version);
 PG_FUNCTION_INFO_V1(byok_status);
 PG_FUNCTION_INFO_V1(byok_relation_encrypted);
+PG_FUNCTION_INFO_V1(byok_verify_key);
+PG_FUNCTION_INFO_V1(byok_rotate_key);
+PG_FUNCTION_INFO_V1(byok_rewrap);
+PG_FUNCTION_INFO_V1(byok_key_associations);
+
+/* Key state shared by all processes; keyring updates serialise on lock. */
+typedef struct ByokSharedState
+{
+	LWLock	   *lock;
+	char		key_version[128];
+	int			key_state;		/* Key Protect state, -1 unknown */
+	TimestampTz last_contact;	/* last successful Key Protect answer */
+	TimestampTz last_error_at;
+	char		last_error[512];
+} ByokSharedState;
 
 /* GUC variables. */
 static char *byok_root_key_file = NULL;
+static char *byok_key_crn = NULL;
+static char *byok_kms_endpoint = NULL;
+static bool byok_kms_private_endpoint = false;
+static char *byok_iam_endpoint = NULL;
+static char *byok_api_key_file = NULL;
+static char *byok_kms_ca_file = NULL;
+static int	byok_kms_timeout = 30;
+static int	byok_kms_max_retries = 4;
+
+/* A byok.key_crn rejected while preloading, reported by _PG_init. */
+static ByokError startup_crn_error;
+static bool startup_crn_invalid = false;
 
 /* What start-up established; read-only afterwards. */
 static ByokKeyring startup_keyring;
 static bool data_checksums = false;
+static TimestampTz startup_contact = 0;
+
+/* Pointer to shared state. */
+static ByokSharedState *shared = NULL;
 
 /* Saved hook values. */
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -63,6 +96,7 @@ static void byok_startup(void);
 static void byok_shmem_request(void);
 static void byok_shmem_startup(void);
 static void byok_on_exit(int code, Datum arg);
+static bool check_key_crn(char **newval, void **extra, GucSource source);
 
 /* Report a ByokError at 'elevel'. */
 static void
@@ -73,6 +107,28 @@ byok_report(int elevel, int sqlstate, const ByokError *err)
 			 errmsg("%s", err->msg),
 			 err->detail[0] ? errdetail("%s", err->detail) : 0,
 			 err->hint[0] ? errhint("%s", err->hint) : 0));
+}
+
+static int
+sqlstate_for_kms(ByokKmsStatus status)
+{
+	switch (status)
+	{
+		case KMS_ERR_APIKEY:
+		case KMS_ERR_IAM:
+		case KMS_ERR_UNAUTHORIZED:
+		case KMS_ERR_FORBIDDEN:
+			return ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
+		case KMS_ERR_CONFIG:
+			return ERRCODE_CONFIG_FILE_ERROR;
+		case KMS_ERR_NETWORK:
+		case KMS_ERR_TIMEOUT:
+		case KMS_ERR_TLS:
+		case KMS_ERR_SERVER:
+			return ERRCODE_CONNECTION_FAILURE;
+		default:
+			return ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE;
+	}
 }
 
 void
@@ -88,12 +144,45 @@ _PG_init(void)
 	DefineCustomStringVariable("byok.root_key_file",
 							   "Local root key file that wraps the cluster key material.",
 							   "Empty means the path recorded in the keyring by pg_byok enable.",
-							   &byok_root_key_file,
-							   "",
-							   PGC_POSTMASTER,
-							   0,
+							   &byok_root_key_file, "", PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.key_crn",
+							   "Full CRN of the Key Protect root key that wraps the cluster key material.",
+							   "crn:v1:<cname>:<ctype>:kms:<region>:a/<account>:<instance>:key:<key-id>; empty means the local root key.",
+							   &byok_key_crn, "", PGC_POSTMASTER, 0,
+							   check_key_crn, NULL, NULL);
+	DefineCustomStringVariable("byok.kms_endpoint",
+							   "Key Protect API endpoint; empty means derived from the key CRN's region.",
+							   NULL, &byok_kms_endpoint, "", PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomBoolVariable("byok.kms_private_endpoint",
+							 "Use the private endpoint (private.<region>.kms.cloud.ibm.com) derived from the CRN.",
+							 NULL, &byok_kms_private_endpoint, false, PGC_POSTMASTER, 0,
+							 NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.iam_endpoint",
+							   "IBM Cloud IAM endpoint that exchanges the API key for a token.",
+							   NULL, &byok_iam_endpoint, "https://iam.cloud.ibm.com", PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.api_key_file",
+							   "File holding the IBM Cloud API key (owned by the server user, mode 0600).",
+							   NULL, &byok_api_key_file, "", PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.kms_ca_file",
+							   "CA certificates that verify the Key Protect and IAM endpoints; empty means the system CAs.",
+							   NULL, &byok_kms_ca_file, "", PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("byok.kms_timeout",
+							"Time limit for one Key Protect or IAM request.",
+							NULL, &byok_kms_timeout, 30, 1, 600, PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("byok.kms_max_retries",
+							"Retries of a Key Protect request after a transient failure.",
+							NULL, &byok_kms_max_retries, 4, 0, 10, PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("byok");
+
+	if (startup_crn_invalid)
+		byok_report(FATAL, ERRCODE_INVALID_PARAMETER_VALUE, &startup_crn_error);
 
 	byok_startup();
 
@@ -101,6 +190,57 @@ _PG_init(void)
 	shmem_request_hook = byok_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = byok_shmem_startup;
+}
+
+/*
+ * byok.key_crn must be a full key CRN.  While preloading, a bad value is
+ * remembered and reported as FATAL by _PG_init (a rejected placeholder
+ * would otherwise only be a WARNING and silently fall back to the local
+ * root key); anywhere else (ALTER SYSTEM) it is rejected with the hint.
+ */
+static bool
+check_key_crn(char **newval, void **extra, GucSource source)
+{
+	ByokCrn		crn;
+	ByokError	err = {{0}};
+
+	if (*newval == NULL || (*newval)[0] == '\0' || byok_crn_parse(*newval, &crn, &err))
+		return true;
+	if (process_shared_preload_libraries_in_progress && !IsUnderPostmaster)
+	{
+		char		msg[sizeof(err.msg)];
+
+		snprintf(msg, sizeof(msg), "invalid value for parameter \"byok.key_crn\": %s", err.msg);
+		strlcpy(err.msg, msg, sizeof(err.msg));
+		startup_crn_error = err;
+		startup_crn_invalid = true;
+		return true;
+	}
+	GUC_check_errmsg("%s", err.msg);
+	if (err.detail[0])
+		GUC_check_errdetail("%s", err.detail);
+	if (err.hint[0])
+		GUC_check_errhint("%s", err.hint);
+	return false;
+}
+
+/* The root key as configured in this process's GUCs. */
+static void
+root_key_from_gucs(const ByokKeyring *kr, ByokRootKey *root)
+{
+	memset(root, 0, sizeof(*root));
+	strlcpy(root->provider, byok_key_crn[0] ? BYOK_PROVIDER_KEYPROTECT : BYOK_PROVIDER_LOCAL,
+			sizeof(root->provider));
+	strlcpy(root->root_key_file, byok_root_key_file[0] ? byok_root_key_file :
+			(kr ? kr->root_key_file : ""), sizeof(root->root_key_file));
+	strlcpy(root->kms.key_crn, byok_key_crn, sizeof(root->kms.key_crn));
+	strlcpy(root->kms.kms_endpoint, byok_kms_endpoint, sizeof(root->kms.kms_endpoint));
+	root->kms.private_endpoint = byok_kms_private_endpoint;
+	strlcpy(root->kms.iam_endpoint, byok_iam_endpoint, sizeof(root->kms.iam_endpoint));
+	strlcpy(root->kms.api_key_file, byok_api_key_file, sizeof(root->kms.api_key_file));
+	strlcpy(root->kms.ca_file, byok_kms_ca_file, sizeof(root->kms.ca_file));
+	root->kms.timeout_s = byok_kms_timeout;
+	root->kms.max_retries = byok_kms_max_retries;
 }
 
 /*
@@ -114,10 +254,9 @@ byok_startup(void)
 	ByokKeyring *kr = &startup_keyring;
 	ByokError	err = {{0}};
 	bool		missing = false;
-	uint8_t		root[BYOK_KEY_LEN];
+	bool		changed = false;
 	uint8_t		material[BYOK_KEY_LEN];
-	char		fingerprint[65];
-	const char *root_path;
+	ByokRootKey root;
 	uint64		sysid = GetSystemIdentifier();
 
 	if (!fullPageWrites)
@@ -156,42 +295,27 @@ byok_startup(void)
 						   (unsigned long long) sysid),
 				 errhint("Put back this cluster's own byok/keyring.")));
 
-	if (strcmp(kr->provider, BYOK_PROVIDER_LOCAL) != 0)
-		ereport(FATAL,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("keyring provider \"%s\" is not supported by this byok", kr->provider)));
-
-	root_path = byok_root_key_file[0] ? byok_root_key_file : kr->root_key_file;
-	if (root_path[0] == '\0')
-		ereport(FATAL,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("no root key file is configured"),
-				 errhint("Set byok.root_key_file in postgresql.conf.")));
-	if (!root_key_load(root_path, root, &err))
-		byok_report(FATAL, ERRCODE_CONFIG_FILE_ERROR, &err);
-
-	root_key_fingerprint(root, fingerprint);
-	if (strcmp(fingerprint, kr->root_key_id) != 0)
+	root_key_from_gucs(kr, &root);
+	if (!provider_unwrap(kr, &root, material, &changed, &err))
 	{
-		byok_wipe(root, sizeof(root));
-		ereport(FATAL,
-				(errcode(ERRCODE_INVALID_PASSWORD),
-				 errmsg("root key file \"%s\" holds the wrong key for this cluster", root_path),
-				 errdetail("The keyring was wrapped by the root key with fingerprint %s; the file holds %s.",
-						   kr->root_key_id, fingerprint),
-				 errhint("Point byok.root_key_file at this cluster's root key file.")));
+		byok_wipe(material, sizeof(material));
+		byok_report(FATAL, ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, &err);
 	}
-	if (!local_unwrap(root, sysid, kr->wrapped_key, material))
+	if (strcmp(kr->provider, BYOK_PROVIDER_KEYPROTECT) == 0)
+		startup_contact = GetCurrentTimestamp();
+
+	/* Key Protect re-wrapped under a newer key version: keep it */
+	if (changed)
 	{
-		byok_wipe(root, sizeof(root));
-		ereport(FATAL,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("could not unwrap the key material in \"%s\"", BYOK_KEYRING_FILE),
-				 errdetail("The root key matches, but the wrapped key does not authenticate for system identifier %llu.",
-						   (unsigned long long) sysid),
-				 errhint("Restore byok/keyring from a backup of this cluster.")));
+		if (!keyring_write(".", kr, &err))
+			ereport(WARNING,
+					(errmsg("could not store the re-wrapped keyring: %s", err.msg),
+					 errdetail("The server keeps using the previous wrapped key; it stays valid.")));
+		else
+			ereport(LOG,
+					(errmsg("byok: stored the key material re-wrapped by Key Protect under key version %s",
+							kr->key_version)));
 	}
-	byok_wipe(root, sizeof(root));
 
 	if (!byok_crypto_init(material, &err))
 	{
@@ -211,8 +335,9 @@ byok_startup(void)
 	on_proc_exit(byok_on_exit, (Datum) 0);
 
 	ereport(LOG,
-			(errmsg("byok: cluster encryption active (%s, provider %s, data checksums %s)",
-					BYOK_CIPHER_NAME, kr->provider, data_checksums ? "on" : "off")));
+			(errmsg("byok: cluster encryption active (%s, provider %s%s%s, key version %s, data checksums %s)",
+					BYOK_CIPHER_NAME, kr->provider, kr->key_crn[0] ? ", key " : "", kr->key_crn,
+					kr->key_version, data_checksums ? "on" : "off")));
 }
 
 /* Wipe the keys from this process when it exits. */
@@ -220,6 +345,7 @@ static void
 byok_on_exit(int code, Datum arg)
 {
 	byok_crypto_wipe();
+	kms_forget_token();
 }
 
 static void
@@ -227,17 +353,50 @@ byok_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(byok_smgr_shmem_size());
+	RequestAddinShmemSpace(byok_smgr_shmem_size() + MAXALIGN(sizeof(ByokSharedState)));
+	RequestNamedLWLockTranche("byok", 1);
 }
 
 static void
 byok_shmem_startup(void)
 {
+	bool		found;
+
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	byok_smgr_shmem_init();
+	shared = ShmemInitStruct("byok key state", sizeof(ByokSharedState), &found);
+	if (!found)
+	{
+		memset(shared, 0, sizeof(*shared));
+		shared->lock = &(GetNamedLWLockTranche("byok"))->lock;
+		strlcpy(shared->key_version, startup_keyring.key_version, sizeof(shared->key_version));
+		shared->key_state = startup_contact ? 1 : -1;
+		shared->last_contact = startup_contact;
+	}
 	LWLockRelease(AddinShmemInitLock);
+}
+
+/* Record the outcome of a Key Protect call for byok_status(). */
+static void
+note_kms_outcome(bool ok, const ByokError *err, int key_state)
+{
+	if (shared == NULL)
+		return;
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	if (ok)
+	{
+		shared->last_contact = GetCurrentTimestamp();
+		if (key_state >= 0)
+			shared->key_state = key_state;
+	}
+	else
+	{
+		shared->last_error_at = GetCurrentTimestamp();
+		strlcpy(shared->last_error, err->msg, sizeof(shared->last_error));
+	}
+	LWLockRelease(shared->lock);
 }
 
 /* --- SQL functions ------------------------------------------------------ */
@@ -248,39 +407,274 @@ byok_version(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(BYOK_VERSION));
 }
 
+static Datum
+text_or_null(const char *s, bool *isnull)
+{
+	*isnull = (s == NULL || s[0] == '\0');
+	return *isnull ? (Datum) 0 : CStringGetTextDatum(s);
+}
+
 Datum
 byok_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[12];
-	bool		nulls[12] = {0};
+	Datum		values[17];
+	bool		nulls[17] = {0};
 	ByokPageStats stats;
 	ByokKeyring *kr = &startup_keyring;
+	ByokRootKey root;
+	char		endpoint[KMS_TEXT_LEN] = "";
+	ByokError	err;
+	char		key_version[128];
+	int			key_state = -1;
+	TimestampTz last_contact = 0;
+	TimestampTz last_error_at = 0;
+	char		last_error[512] = "";
 	int			i = 0;
 
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	byok_smgr_stats(&stats);
+	root_key_from_gucs(kr, &root);
+	if (root.kms.key_crn[0] != '\0' && !kms_endpoint_url(&root.kms, endpoint, sizeof(endpoint), &err))
+		endpoint[0] = '\0';
+
+	strlcpy(key_version, kr->key_version, sizeof(key_version));
+	if (shared != NULL)
+	{
+		LWLockAcquire(shared->lock, LW_SHARED);
+		strlcpy(key_version, shared->key_version, sizeof(key_version));
+		key_state = shared->key_state;
+		last_contact = shared->last_contact;
+		last_error_at = shared->last_error_at;
+		strlcpy(last_error, shared->last_error, sizeof(last_error));
+		LWLockRelease(shared->lock);
+	}
 
 	values[i++] = BoolGetDatum(byok_crypto_ready() && byok_hooks_installed());
 	values[i++] = CStringGetTextDatum(kr->state);
 	values[i++] = CStringGetTextDatum(kr->provider);
-	values[i++] = CStringGetTextDatum(kr->key_version[0] ? kr->key_version : kr->root_key_id);
+	values[i] = text_or_null(kr->key_crn, &nulls[i]);
+	i++;
+	values[i] = text_or_null(endpoint, &nulls[i]);
+	i++;
+	values[i] = text_or_null(key_state >= 0 ? byok_kms_state_name(key_state) : NULL, &nulls[i]);
+	i++;
+	values[i++] = CStringGetTextDatum(key_version);
 	values[i++] = CStringGetTextDatum(BYOK_CIPHER_NAME);
 	values[i++] = BoolGetDatum(byok_hooks_installed());
 	values[i++] = BoolGetDatum(data_checksums);
 	values[i++] = Int64GetDatum((int64) stats.pages_encrypted);
 	values[i++] = Int64GetDatum((int64) stats.pages_decrypted);
 	values[i++] = Int64GetDatum((int64) stats.checksum_failures);
-	if (byok_root_key_file[0] || kr->root_key_file[0])
-		values[i] = CStringGetTextDatum(byok_root_key_file[0] ? byok_root_key_file : kr->root_key_file);
-	else
-		nulls[i] = true;
+	values[i] = text_or_null(strcmp(kr->provider, BYOK_PROVIDER_LOCAL) == 0 ? root.root_key_file : NULL,
+							 &nulls[i]);
+	i++;
+	values[i] = TimestampTzGetDatum(last_contact);
+	nulls[i++] = (last_contact == 0);
+	values[i] = text_or_null(last_error[0] ?
+							 psprintf("%s: %s", timestamptz_to_str(last_error_at), last_error) : NULL,
+							 &nulls[i]);
 	i++;
 	values[i++] = CStringGetTextDatum(kr->created);
 	Assert(i == lengthof(values));
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* Read the current keyring (callers hold shared->lock). */
+static void
+read_current_keyring(ByokKeyring *kr)
+{
+	ByokError	err = {{0}};
+	bool		missing;
+
+	if (!keyring_read(DataDir, kr, &missing, &err))
+		byok_report(ERROR, ERRCODE_DATA_CORRUPTED, &err);
+}
+
+/*
+ * byok_verify_key(): a live unwrap round trip of the keyring's wrapped key,
+ * checked against the key material in use.  Returns (ok, key_state,
+ * key_version, message).  Never raises for a KMS failure: reports it.
+ */
+Datum
+byok_verify_key(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[4];
+	bool		nulls[4] = {0};
+	ByokKeyring kr;
+	ByokRootKey root;
+	ByokError	err = {{0}};
+	uint8_t		material[BYOK_KEY_LEN];
+	bool		changed;
+	bool		ok;
+	int			key_state = -1;
+	const char *message;
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	LWLockAcquire(shared->lock, LW_SHARED);
+	read_current_keyring(&kr);
+	LWLockRelease(shared->lock);
+	root_key_from_gucs(&kr, &root);
+
+	ok = provider_unwrap(&kr, &root, material, &changed, &err);
+	if (ok && !byok_crypto_material_equals(material))
+	{
+		ok = false;
+		byok_error_set(&err, "The unwrapped key material differs from the key material the server uses.",
+					   "Restore this cluster's own byok/keyring.",
+					   "the keyring does not hold this cluster's key");
+	}
+	byok_wipe(material, sizeof(material));
+	if (ok && strcmp(kr.provider, BYOK_PROVIDER_KEYPROTECT) == 0)
+	{
+		ByokKmsKeyInfo info;
+		ByokKmsResult res;
+
+		if (kms_get_key(&root.kms, &info, &res))
+			key_state = info.state;
+	}
+	if (strcmp(kr.provider, BYOK_PROVIDER_KEYPROTECT) == 0)
+		note_kms_outcome(ok, &err, key_state);
+	message = ok ? "ok" : psprintf("%s%s%s", err.msg, err.detail[0] ? ": " : "", err.detail);
+	byok_audit("byok.verify", kr.key_crn, kr.key_version, "", ok, 0, ok ? NULL : err.msg);
+
+	values[0] = BoolGetDatum(ok);
+	values[1] = text_or_null(key_state >= 0 ? byok_kms_state_name(key_state) : NULL, &nulls[1]);
+	values[2] = CStringGetTextDatum(kr.key_version);
+	values[3] = CStringGetTextDatum(message);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
+}
+
+/* Rewrap the keyring under the key's latest version; returns it. */
+static char *
+rewrap_keyring(const char *reason)
+{
+	ByokKeyring kr;
+	ByokRootKey root;
+	ByokError	err = {{0}};
+	char	   *version;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	read_current_keyring(&kr);
+	root_key_from_gucs(&kr, &root);
+	if (!provider_rewrap(&kr, &root, reason, &err))
+	{
+		LWLockRelease(shared->lock);
+		note_kms_outcome(false, &err, -1);
+		byok_report(ERROR, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, &err);
+	}
+	if (!keyring_write(DataDir, &kr, &err))
+		byok_report(ERROR, ERRCODE_IO_ERROR, &err);
+	strlcpy(shared->key_version, kr.key_version, sizeof(shared->key_version));
+	shared->last_contact = GetCurrentTimestamp();
+	LWLockRelease(shared->lock);
+	version = pstrdup(kr.key_version);
+	return version;
+}
+
+static void
+require_keyprotect(void)
+{
+	if (byok_key_crn[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the cluster key is wrapped by the local root key, not by Key Protect"),
+				 errhint("Move the cluster to Key Protect with pg_byok rekey --key-crn CRN (server stopped).")));
+}
+
+/* byok_rotate_key(): rotate the root key in Key Protect, then rewrap. */
+Datum
+byok_rotate_key(PG_FUNCTION_ARGS)
+{
+	ByokRootKey root;
+	ByokKmsResult res;
+	ByokError	err = {{0}};
+	bool		ok;
+
+	require_keyprotect();
+	root_key_from_gucs(&startup_keyring, &root);
+	ok = kms_rotate(&root.kms, &res);
+	byok_audit("byok.kms.rotate", root.kms.key_crn, "", res.correlation_id, ok,
+			   res.duration_ms, ok ? NULL : res.message);
+	if (!ok)
+	{
+		kms_describe_failure(&root.kms, "rotate the key", &res, &err);
+		note_kms_outcome(false, &err, -1);
+		byok_report(ERROR, sqlstate_for_kms(res.status), &err);
+	}
+	PG_RETURN_TEXT_P(cstring_to_text(rewrap_keyring("rotation requested with byok_rotate_key()")));
+}
+
+/* byok_rewrap(): rewrap under the key's latest version, no rotation. */
+Datum
+byok_rewrap(PG_FUNCTION_ARGS)
+{
+	require_keyprotect();
+	PG_RETURN_TEXT_P(cstring_to_text(rewrap_keyring("rewrap requested with byok_rewrap()")));
+}
+
+/*
+ * byok_key_associations(): Key Protect's registrations for the key, then
+ * this cluster's own binding.
+ */
+Datum
+byok_key_associations(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ByokKeyring kr;
+	ByokRootKey root;
+	Datum		values[6];
+	bool		nulls[6];
+
+	InitMaterializedSRF(fcinfo, 0);
+	LWLockAcquire(shared->lock, LW_SHARED);
+	read_current_keyring(&kr);
+	LWLockRelease(shared->lock);
+	root_key_from_gucs(&kr, &root);
+
+	if (strcmp(kr.provider, BYOK_PROVIDER_KEYPROTECT) == 0)
+	{
+		ByokKmsRegistration *regs = NULL;
+		int			nregs = 0;
+		ByokKmsResult res;
+		ByokError	err = {{0}};
+
+		if (!kms_list_registrations(&root.kms, &regs, &nregs, &res))
+		{
+			kms_describe_failure(&root.kms, "list the key's registrations", &res, &err);
+			note_kms_outcome(false, &err, -1);
+			byok_report(ERROR, sqlstate_for_kms(res.status), &err);
+		}
+		note_kms_outcome(true, NULL, -1);
+		for (int n = 0; n < nregs; n++)
+		{
+			memset(nulls, 0, sizeof(nulls));
+			values[0] = CStringGetTextDatum("key protect registration");
+			values[1] = text_or_null(regs[n].resource_crn, &nulls[1]);
+			values[2] = text_or_null(regs[n].description, &nulls[2]);
+			values[3] = BoolGetDatum(regs[n].prevent_key_deletion);
+			values[4] = text_or_null(regs[n].key_version, &nulls[4]);
+			values[5] = text_or_null(regs[n].created, &nulls[5]);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+		free(regs);
+	}
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = CStringGetTextDatum("this cluster");
+	values[1] = CStringGetTextDatum(psprintf("postgresql:system_identifier=%llu",
+											 (unsigned long long) kr.system_identifier));
+	values[2] = CStringGetTextDatum(psprintf("data directory %s, key %s", DataDir,
+											 kr.key_crn[0] ? kr.key_crn : "local root key"));
+	values[3] = BoolGetDatum(false);
+	values[4] = CStringGetTextDatum(kr.key_version);
+	values[5] = CStringGetTextDatum(kr.key_bound[0] ? kr.key_bound : kr.created);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
 }
 
 /* Does a raw page look like a plaintext PostgreSQL page header? */

@@ -250,6 +250,14 @@ byok_crypto_ready(void)
 	return crypto_ready;
 }
 
+/* Is 'material' the key material in use?  Constant time. */
+bool
+byok_crypto_material_equals(const uint8_t material[BYOK_KEY_LEN])
+{
+	return crypto_ready &&
+		CRYPTO_memcmp(key_state->material, material, BYOK_KEY_LEN) == 0;
+}
+
 static inline void
 put_be32(uint8_t *p, uint32_t v)
 {

@@ -79,6 +79,7 @@ extern bool byok_crypto_init(const uint8_t *key_material, ByokError *err);
 /* Wipe every key and context (lock, exit). */
 extern void byok_crypto_wipe(void);
 extern bool byok_crypto_ready(void);
+extern bool byok_crypto_material_equals(const uint8_t material[BYOK_KEY_LEN]);
 
 /* --- counter blocks: the only place IVs are built --- */
 

@@ -304,6 +304,10 @@ keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
 			ok = copy_field(kr->cipher, sizeof(kr->cipher), value);
 		else if (strcmp(name, "provider") == 0)
 			ok = copy_field(kr->provider, sizeof(kr->provider), value);
+		else if (strcmp(name, "key_crn") == 0)
+			ok = copy_field(kr->key_crn, sizeof(kr->key_crn), value);
+		else if (strcmp(name, "key_bound") == 0)
+			ok = copy_field(kr->key_bound, sizeof(kr->key_bound), value);
 		else if (strcmp(name, "root_key_file") == 0)
 			ok = copy_field(kr->root_key_file, sizeof(kr->root_key_file), value);
 		else if (strcmp(name, "root_key_id") == 0)
@@ -383,6 +387,8 @@ keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err)
 	strcpy(kr->cipher, BYOK_CIPHER_NAME);
 	if (kr->created[0] == '\0')
 		byok_now_iso8601(kr->created, sizeof(kr->created));
+	if (kr->key_bound[0] == '\0')
+		snprintf(kr->key_bound, sizeof(kr->key_bound), "%s", kr->created);
 	byok_now_iso8601(kr->updated, sizeof(kr->updated));
 
 	buf = malloc(KEYRING_MAX_SIZE);
@@ -398,16 +404,18 @@ keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err)
 				   "state = %s\n"
 				   "cipher = %s\n"
 				   "provider = %s\n"
+				   "key_crn = %s\n"
 				   "root_key_file = %s\n"
 				   "root_key_id = %s\n"
 				   "key_version = %s\n"
 				   "wrapped_key = %s\n"
 				   "created = %s\n"
-				   "updated = %s\n",
+				   "updated = %s\n"
+				   "key_bound = %s\n",
 				   kr->format, (unsigned long long) kr->system_identifier,
-				   kr->state, kr->cipher, kr->provider, kr->root_key_file,
+				   kr->state, kr->cipher, kr->provider, kr->key_crn, kr->root_key_file,
 				   kr->root_key_id, kr->key_version, kr->wrapped_key,
-				   kr->created, kr->updated);
+				   kr->created, kr->updated, kr->key_bound);
 	byok_sha256(buf, len, digest);
 	hex_encode_bytes(digest, sizeof(digest), hex);
 	len += snprintf(buf + len, KEYRING_MAX_SIZE - len, "%s%s\n", CHECKSUM_PREFIX, hex);

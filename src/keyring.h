@@ -32,13 +32,15 @@ typedef struct ByokKeyring
 	uint64_t	system_identifier;
 	char		state[32];
 	char		cipher[32];
-	char		provider[32];	/* "local" (Key Protect: a later provider) */
+	char		provider[32];	/* "local" or "keyprotect" */
+	char		key_crn[BYOK_MAX_TEXT];	/* keyprotect: the root key's CRN */
 	char		root_key_file[BYOK_MAX_TEXT];	/* local provider */
 	char		root_key_id[65];	/* fingerprint of the local root key */
 	char		key_version[128];
 	char		wrapped_key[BYOK_MAX_WRAPPED];	/* base64 */
 	char		created[64];
 	char		updated[64];
+	char		key_bound[64];	/* when the current root key was bound */
 } ByokKeyring;
 
 /* Read and check the keyring; false with err set when missing or bad. */

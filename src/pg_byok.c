@@ -39,6 +39,8 @@
 
 #include "crypto.h"
 #include "keyring.h"
+#include "kms.h"
+#include "provider.h"
 
 #define BYOK_VERSION		"1.0"
 #define ENABLE_JOURNAL		"byok/enable.journal"
@@ -68,6 +70,10 @@ typedef struct RelFileList
 static const char *progname;
 static char *datadir = NULL;
 static char *root_key_path = NULL;
+static char *opt_key_crn = NULL;
+static bool opt_local = false;
+static ByokKmsConfig kms_opts;	/* everything but the key CRN */
+static bool kms_opts_set[8];		/* which came from the command line */
 static bool show_progress = false;
 static regex_t relfile_re;
 
@@ -100,17 +106,30 @@ usage(void)
 	printf("Usage:\n");
 	printf("  %s enable -D DATADIR [--root-key-file FILE]\n", progname);
 	printf("  %s status -D DATADIR\n", progname);
-	printf("  %s verify -D DATADIR [--root-key-file FILE]\n", progname);
+	printf("  %s enable -D DATADIR --key-crn CRN --api-key-file FILE [KMS OPTIONS]\n", progname);
+	printf("  %s verify -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
+	printf("  %s rekey -D DATADIR {--key-crn CRN | --local [--root-key-file FILE]} [KMS OPTIONS]\n", progname);
 	printf("\nCommands:\n");
 	printf("  enable    encrypt every relation file in place and write the keyring\n");
 	printf("            (crash-safe; run it again after an interruption to resume)\n");
 	printf("  status    show the keyring and key state of a cluster\n");
 	printf("  verify    check that every page decrypts (and, with data checksums, verifies)\n");
+	printf("  rekey     re-wrap the cluster key under another root key (local <-> Key Protect,\n");
+	printf("            or another Key Protect key); no data is rewritten\n");
 	printf("\nOptions:\n");
 	printf("  -D, --pgdata=DATADIR        data directory (default: $PGDATA)\n");
 	printf("      --root-key-file=FILE    local root key (enable creates it if missing;\n");
 	printf("                              default: DATADIR.byok-root.key)\n");
+	printf("      --key-crn=CRN           full CRN of a Key Protect root key\n");
+	printf("      --local                 rekey: move to a local root key\n");
 	printf("  -P, --progress              show progress (default on a terminal)\n");
+	printf("\nKMS options (default: the byok.* settings in DATADIR/postgresql.conf):\n");
+	printf("      --api-key-file=FILE     IBM Cloud API key (mode 0600)\n");
+	printf("      --kms-endpoint=URL      Key Protect endpoint (default: from the CRN's region)\n");
+	printf("      --kms-private-endpoint  use private.<region>.kms.cloud.ibm.com\n");
+	printf("      --iam-endpoint=URL      IAM endpoint (default: https://iam.cloud.ibm.com)\n");
+	printf("      --kms-ca-file=FILE      CA certificates for the endpoints\n");
+	printf("      --kms-timeout=SECONDS   time limit per request (default: 30)\n");
 	printf("  -V, --version               output version information, then exit\n");
 	printf("  -?, --help                  show this help, then exit\n");
 }
@@ -308,36 +327,115 @@ progress(uint64 done, uint64 total, double start, bool final)
 
 /* --- keys ------------------------------------------------------------------ */
 
+/*
+ * Read the byok.* settings from DATADIR/postgresql.conf and
+ * postgresql.auto.conf (later lines win; include directives are not
+ * followed), as defaults for options not given on the command line.
+ */
+static void
+read_conf_defaults(char *key_crn, size_t kclen, char *root_file, size_t rflen)
+{
+	const char *files[] = {"postgresql.conf", "postgresql.auto.conf"};
+
+	for (int f = 0; f < 2; f++)
+	{
+		char		path[MAXPGPATH];
+		char		line[2048];
+		FILE	   *fp;
+
+		snprintf(path, sizeof(path), "%s/%s", datadir, files[f]);
+		fp = fopen(path, "r");
+		if (fp == NULL)
+			continue;
+		while (fgets(line, sizeof(line), fp) != NULL)
+		{
+			char	   *p = line;
+			char	   *name;
+			char	   *value;
+			char	   *end;
+
+			while (*p == ' ' || *p == '\t')
+				p++;
+			if (strncmp(p, "byok.", 5) != 0)
+				continue;
+			name = p;
+			p += strcspn(p, " \t=");
+			if (*p == '\0')
+				continue;
+			*p++ = '\0';
+			while (*p == ' ' || *p == '\t' || *p == '=')
+				p++;
+			if (*p == '\'')
+			{
+				value = ++p;
+				end = strchr(p, '\'');
+				if (end == NULL)
+					continue;
+				*end = '\0';
+			}
+			else
+			{
+				value = p;
+				value[strcspn(value, " \t#\r\n")] = '\0';
+			}
+			if (strcmp(name, "byok.key_crn") == 0)
+				snprintf(key_crn, kclen, "%s", value);
+			else if (strcmp(name, "byok.root_key_file") == 0)
+				snprintf(root_file, rflen, "%s", value);
+			else if (strcmp(name, "byok.api_key_file") == 0 && !kms_opts_set[0])
+				snprintf(kms_opts.api_key_file, sizeof(kms_opts.api_key_file), "%s", value);
+			else if (strcmp(name, "byok.kms_endpoint") == 0 && !kms_opts_set[1])
+				snprintf(kms_opts.kms_endpoint, sizeof(kms_opts.kms_endpoint), "%s", value);
+			else if (strcmp(name, "byok.iam_endpoint") == 0 && !kms_opts_set[2])
+				snprintf(kms_opts.iam_endpoint, sizeof(kms_opts.iam_endpoint), "%s", value);
+			else if (strcmp(name, "byok.kms_ca_file") == 0 && !kms_opts_set[3])
+				snprintf(kms_opts.ca_file, sizeof(kms_opts.ca_file), "%s", value);
+			else if (strcmp(name, "byok.kms_private_endpoint") == 0 && !kms_opts_set[4])
+				kms_opts.private_endpoint = (strcmp(value, "on") == 0 || strcmp(value, "true") == 0);
+			else if (strcmp(name, "byok.kms_timeout") == 0 && !kms_opts_set[5])
+				kms_opts.timeout_s = atoi(value);
+		}
+		fclose(fp);
+	}
+}
+
+/*
+ * The root key to use: the keyring's provider (or, for a new keyring, a
+ * Key Protect key if a CRN is given), with the configured locations.
+ */
+static void
+configured_root(const ByokKeyring *kr, ByokRootKey *root)
+{
+	char		conf_crn[KMS_TEXT_LEN] = "";
+	char		conf_root[MAXPGPATH] = "";
+
+	memset(root, 0, sizeof(*root));
+	read_conf_defaults(conf_crn, sizeof(conf_crn), conf_root, sizeof(conf_root));
+	root->kms = kms_opts;
+	snprintf(root->kms.key_crn, sizeof(root->kms.key_crn), "%s",
+			 opt_key_crn ? opt_key_crn : conf_crn);
+	snprintf(root->root_key_file, sizeof(root->root_key_file), "%s",
+			 root_key_path ? root_key_path : conf_root[0] ? conf_root :
+			 kr ? kr->root_key_file : "");
+	snprintf(root->provider, sizeof(root->provider), "%s",
+			 root->kms.key_crn[0] ? BYOK_PROVIDER_KEYPROTECT : BYOK_PROVIDER_LOCAL);
+}
+
 /* Unwrap the key material of 'kr' and set up the cipher; handles keys. */
 static void
-load_keys(const ByokKeyring *kr, uint64 sysid)
+load_keys(ByokKeyring *kr, uint64 sysid)
 {
 	ByokError	err = {{0}};
-	uint8_t		root[BYOK_KEY_LEN];
 	uint8_t		material[BYOK_KEY_LEN];
-	char		fp[65];
-	const char *path = root_key_path ? root_key_path : kr->root_key_file;
+	ByokRootKey root;
+	bool		changed;
 
-	if (strcmp(kr->provider, BYOK_PROVIDER_LOCAL) != 0)
-		pg_fatal("keyring provider \"%s\" is not supported by this pg_byok", kr->provider);
-	if (!root_key_load(path, root, &err))
+	if (kr->system_identifier != sysid)
+		pg_fatal("keyring belongs to system identifier %llu, this cluster is %llu",
+				 (unsigned long long) kr->system_identifier, (unsigned long long) sysid);
+	configured_root(kr, &root);
+	if (!provider_unwrap(kr, &root, material, &changed, &err))
 		report_error_and_exit(&err);
-	root_key_fingerprint(root, fp);
-	if (strcmp(fp, kr->root_key_id) != 0)
-	{
-		byok_wipe(root, sizeof(root));
-		pg_log_error("root key file \"%s\" holds the wrong key for this cluster", path);
-		pg_log_error_detail("The keyring was wrapped by the root key with fingerprint %s; the file holds %s.",
-							kr->root_key_id, fp);
-		exit(1);
-	}
-	if (!local_unwrap(root, sysid, kr->wrapped_key, material))
-	{
-		byok_wipe(root, sizeof(root));
-		pg_fatal("could not unwrap the key material in \"%s/%s\" for system identifier %llu",
-				 datadir, BYOK_KEYRING_FILE, (unsigned long long) sysid);
-	}
-	byok_wipe(root, sizeof(root));
 	if (!byok_crypto_init(material, &err))
 	{
 		byok_wipe(material, sizeof(material));
@@ -486,49 +584,45 @@ cmd_enable(void)
 		report_error_and_exit(&err);
 	else
 	{
-		uint8_t		root[BYOK_KEY_LEN];
 		uint8_t		material[BYOK_KEY_LEN];
 		char		defpath[MAXPGPATH];
-		char	   *abs;
+		ByokRootKey root;
 
-		if (root_key_path == NULL)
+		configured_root(NULL, &root);
+		if (strcmp(root.provider, BYOK_PROVIDER_LOCAL) == 0)
 		{
-			snprintf(defpath, sizeof(defpath), "%s.byok-root.key", datadir);
-			root_key_path = pg_strdup(defpath);
-		}
-		abs = make_absolute_path(root_key_path);
-		if (access(abs, F_OK) == 0)
-		{
-			if (!root_key_load(abs, root, &err))
-				report_error_and_exit(&err);
-			printf("using the existing root key file \"%s\"\n", abs);
+			bool		existed;
+
+			if (root.root_key_file[0] == '\0')
+			{
+				snprintf(defpath, sizeof(defpath), "%s.byok-root.key", datadir);
+				snprintf(root.root_key_file, sizeof(root.root_key_file), "%s", defpath);
+			}
+			snprintf(root.root_key_file, sizeof(root.root_key_file), "%s",
+					 make_absolute_path(root.root_key_file));
+			existed = access(root.root_key_file, F_OK) == 0;
+			printf(existed ? "using the existing root key file \"%s\"\n" :
+				   "creating a new local root key in \"%s\" (mode 0600; keep it outside backups of the data directory)\n",
+				   root.root_key_file);
 		}
 		else
-		{
-			if (!root_key_create(abs, root, &err))
-				report_error_and_exit(&err);
-			printf("created a new local root key in \"%s\" (mode 0600; keep it outside backups of the data directory)\n", abs);
-		}
+			printf("wrapping the cluster key with Key Protect key %s\n", root.kms.key_crn);
 
 		memset(&kr, 0, sizeof(kr));
 		kr.system_identifier = cf->system_identifier;
 		strcpy(kr.state, BYOK_STATE_ENABLING);
-		strcpy(kr.provider, BYOK_PROVIDER_LOCAL);
-		snprintf(kr.root_key_file, sizeof(kr.root_key_file), "%s", abs);
-		root_key_fingerprint(root, kr.root_key_id);
-		strcpy(kr.key_version, "local-1");
-		if (!byok_random_bytes(material, sizeof(material)) ||
-			!local_wrap(root, kr.system_identifier, material, kr.wrapped_key,
-						sizeof(kr.wrapped_key)))
-			pg_fatal("could not generate and wrap the cluster key material");
-		byok_wipe(root, sizeof(root));
+		if (!byok_random_bytes(material, sizeof(material)))
+			pg_fatal("could not generate random key material");
+		if (!provider_wrap(&kr, &root, material, &err))
+		{
+			byok_wipe(material, sizeof(material));
+			report_error_and_exit(&err);
+		}
 		if (!byok_crypto_init(material, &err))
 			report_error_and_exit(&err);
 		byok_wipe(material, sizeof(material));
 		if (!keyring_write(datadir, &kr, &err))
 			report_error_and_exit(&err);
-		/* the root key path is now in the keyring; later runs read it there */
-		root_key_path = NULL;
 	}
 
 	collect_relation_files(&list);
@@ -698,14 +792,20 @@ cmd_status(void)
 	printf("keyring state:       %s\n", kr.state);
 	printf("cipher:              %s\n", kr.cipher);
 	printf("provider:            %s\n", kr.provider);
-	printf("root key file:       %s\n", kr.root_key_file);
-	printf("root key id:         %s\n", kr.root_key_id);
+	if (kr.key_crn[0])
+		printf("key CRN:             %s\n", kr.key_crn);
+	else
+	{
+		printf("root key file:       %s\n", kr.root_key_file);
+		printf("root key id:         %s\n", kr.root_key_id);
+	}
 	printf("key version:         %s\n", kr.key_version);
 	printf("system identifier:   %llu%s\n", (unsigned long long) kr.system_identifier,
 		   kr.system_identifier == cf->system_identifier ? "" : " (DOES NOT MATCH pg_control)");
 	printf("data checksums:      %s\n", cf->data_checksum_version ? "on" : "off");
 	printf("keyring created:     %s\n", kr.created);
 	printf("keyring updated:     %s\n", kr.updated);
+	printf("key bound:           %s\n", kr.key_bound);
 	if (access(jpath, F_OK) == 0)
 		printf("enable journal:      present (%s)\n", jpath);
 }
@@ -803,12 +903,107 @@ cmd_verify(void)
 		exit(1);
 }
 
+/* --- rekey ------------------------------------------------------------------ */
+
+static void
+cmd_rekey(void)
+{
+	ControlFileData *cf;
+	ByokKeyring kr;
+	ByokError	err = {{0}};
+	bool		missing;
+	ByokRootKey old_root;
+	ByokRootKey new_root;
+	uint8_t		material[BYOK_KEY_LEN];
+	bool		changed;
+	char		old_desc[KMS_TEXT_LEN + 32];
+
+	if ((opt_key_crn == NULL) == (!opt_local))
+		pg_fatal("rekey needs exactly one of --key-crn CRN or --local");
+	check_server_stopped();
+	cf = read_control_file();
+	if (!keyring_read(datadir, &kr, &missing, &err))
+		report_error_and_exit(&err);
+	if (strcmp(kr.state, BYOK_STATE_ENABLED) != 0)
+		pg_fatal("encryption of \"%s\" is not finished; run pg_byok enable first", datadir);
+	if (kr.system_identifier != cf->system_identifier)
+		pg_fatal("keyring belongs to system identifier %llu, this cluster is %llu",
+				 (unsigned long long) kr.system_identifier,
+				 (unsigned long long) cf->system_identifier);
+
+	/* the old root key: what the keyring says */
+	memset(&old_root, 0, sizeof(old_root));
+	old_root.kms = kms_opts;
+	{
+		char		conf_crn[KMS_TEXT_LEN] = "";
+		char		conf_root[MAXPGPATH] = "";
+
+		read_conf_defaults(conf_crn, sizeof(conf_crn), conf_root, sizeof(conf_root));
+		old_root.kms = kms_opts;
+		snprintf(old_root.kms.key_crn, sizeof(old_root.kms.key_crn), "%s", kr.key_crn);
+		snprintf(old_root.root_key_file, sizeof(old_root.root_key_file), "%s",
+				 conf_root[0] ? conf_root : kr.root_key_file);
+		if (opt_local && root_key_path && strcmp(kr.provider, BYOK_PROVIDER_LOCAL) == 0)
+			snprintf(old_root.root_key_file, sizeof(old_root.root_key_file), "%s", kr.root_key_file);
+	}
+	snprintf(old_root.provider, sizeof(old_root.provider), "%s", kr.provider);
+	snprintf(old_desc, sizeof(old_desc), "%s", kr.key_crn[0] ? kr.key_crn : "the local root key");
+
+	/* the new root key */
+	memset(&new_root, 0, sizeof(new_root));
+	new_root.kms = kms_opts;
+	if (opt_key_crn)
+	{
+		snprintf(new_root.provider, sizeof(new_root.provider), "%s", BYOK_PROVIDER_KEYPROTECT);
+		snprintf(new_root.kms.key_crn, sizeof(new_root.kms.key_crn), "%s", opt_key_crn);
+		if (!byok_crn_parse(opt_key_crn, &(ByokCrn) {{0}}, &err))
+			report_error_and_exit(&err);
+	}
+	else
+	{
+		char		defpath[MAXPGPATH];
+
+		snprintf(new_root.provider, sizeof(new_root.provider), "%s", BYOK_PROVIDER_LOCAL);
+		snprintf(defpath, sizeof(defpath), "%s.byok-root.key", datadir);
+		snprintf(new_root.root_key_file, sizeof(new_root.root_key_file), "%s",
+				 make_absolute_path(root_key_path ? root_key_path : defpath));
+	}
+
+	if (!provider_unwrap(&kr, &old_root, material, &changed, &err))
+		report_error_and_exit(&err);
+	if (!provider_wrap(&kr, &new_root, material, &err))
+	{
+		byok_wipe(material, sizeof(material));
+		report_error_and_exit(&err);
+	}
+	byok_wipe(material, sizeof(material));
+	if (!keyring_write(datadir, &kr, &err))
+		report_error_and_exit(&err);
+	byok_audit("byok.rekey", kr.key_crn, kr.key_version, "", true, 0, old_desc);
+	printf("%s: the cluster key of \"%s\" is now wrapped by %s (key version %s); no data was rewritten\n",
+		   progname, datadir, kr.key_crn[0] ? kr.key_crn : kr.root_key_file, kr.key_version);
+	if (opt_key_crn)
+		printf("%s: set byok.key_crn = '%s' and byok.api_key_file in postgresql.conf before starting the server\n",
+			   progname, opt_key_crn);
+	else
+		printf("%s: remove byok.key_crn from postgresql.conf (and set byok.root_key_file if you moved the key file)\n",
+			   progname);
+}
+
 int
 main(int argc, char *argv[])
 {
 	static struct option long_options[] = {
 		{"pgdata", required_argument, NULL, 'D'},
 		{"root-key-file", required_argument, NULL, 1},
+		{"key-crn", required_argument, NULL, 2},
+		{"local", no_argument, NULL, 3},
+		{"api-key-file", required_argument, NULL, 10},
+		{"kms-endpoint", required_argument, NULL, 11},
+		{"iam-endpoint", required_argument, NULL, 12},
+		{"kms-ca-file", required_argument, NULL, 13},
+		{"kms-private-endpoint", no_argument, NULL, 14},
+		{"kms-timeout", required_argument, NULL, 15},
 		{"progress", no_argument, NULL, 'P'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, '?'},
@@ -819,6 +1014,8 @@ main(int argc, char *argv[])
 
 	pg_logging_init(argv[0]);
 	progname = get_progname(argv[0]);
+	kms_opts.timeout_s = 30;
+	kms_opts.max_retries = 4;
 	show_progress = isatty(fileno(stderr));
 
 	if (argc > 1 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-?") == 0 ||
@@ -851,6 +1048,37 @@ main(int argc, char *argv[])
 				break;
 			case 1:
 				root_key_path = pg_strdup(optarg);
+				break;
+			case 2:
+				opt_key_crn = pg_strdup(optarg);
+				break;
+			case 3:
+				opt_local = true;
+				break;
+			case 10:
+				snprintf(kms_opts.api_key_file, sizeof(kms_opts.api_key_file), "%s",
+						 make_absolute_path(optarg));
+				kms_opts_set[0] = true;
+				break;
+			case 11:
+				snprintf(kms_opts.kms_endpoint, sizeof(kms_opts.kms_endpoint), "%s", optarg);
+				kms_opts_set[1] = true;
+				break;
+			case 12:
+				snprintf(kms_opts.iam_endpoint, sizeof(kms_opts.iam_endpoint), "%s", optarg);
+				kms_opts_set[2] = true;
+				break;
+			case 13:
+				snprintf(kms_opts.ca_file, sizeof(kms_opts.ca_file), "%s", make_absolute_path(optarg));
+				kms_opts_set[3] = true;
+				break;
+			case 14:
+				kms_opts.private_endpoint = true;
+				kms_opts_set[4] = true;
+				break;
+			case 15:
+				kms_opts.timeout_s = atoi(optarg);
+				kms_opts_set[5] = true;
 				break;
 			case 'P':
 				show_progress = true;
@@ -889,6 +1117,8 @@ main(int argc, char *argv[])
 		cmd_status();
 	else if (strcmp(cmd, "verify") == 0)
 		cmd_verify();
+	else if (strcmp(cmd, "rekey") == 0)
+		cmd_rekey();
 	else
 	{
 		pg_log_error("unknown command \"%s\"", cmd);

@@ -1,0 +1,304 @@
+/*-------------------------------------------------------------------------
+ *
+ * provider.c
+ *	  The root-key providers (local root key file, Key Protect) behind one
+ *	  wrap / unwrap interface, and byok's audit line.
+ *
+ * The server's start-up, its SQL functions and pg_byok all go through
+ * here, so the rules -- the AAD binding to the system identifier, the
+ * fingerprint check of a local root key, persisting a ciphertext that Key
+ * Protect re-wrapped after a rotation, one audit line per key action --
+ * exist once.  Compiles for the server and for pg_byok (FRONTEND).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifdef FRONTEND
+#include "postgres_fe.h"
+#include "common/logging.h"
+#else
+#include "postgres.h"
+#endif
+
+#include <unistd.h>
+
+#include <json.h>
+
+#include "provider.h"
+
+void
+byok_audit(const char *action, const char *crn, const char *key_version,
+		   const char *correlation_id, bool success, double duration_ms,
+		   const char *detail)
+{
+	json_object *o = json_object_new_object();
+	const char *line;
+
+	json_object_object_add(o, "action", json_object_new_string(action));
+	json_object_object_add(o, "crn", json_object_new_string(crn ? crn : ""));
+	json_object_object_add(o, "key_version", json_object_new_string(key_version ? key_version : ""));
+	json_object_object_add(o, "correlation_id", json_object_new_string(correlation_id ? correlation_id : ""));
+	json_object_object_add(o, "outcome", json_object_new_string(success ? "success" : "failure"));
+	json_object_object_add(o, "duration_ms", json_object_new_int64((int64_t) (duration_ms + 0.5)));
+	if (detail != NULL && detail[0] != '\0')
+		json_object_object_add(o, "detail", json_object_new_string(detail));
+	line = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+#ifdef FRONTEND
+	fprintf(stderr, "byok audit: %s\n", line);
+#else
+	ereport(LOG, (errmsg("byok audit: %s", line)));
+#endif
+	json_object_put(o);
+}
+
+static bool
+is_keyprotect(const char *provider)
+{
+	return strcmp(provider, BYOK_PROVIDER_KEYPROTECT) == 0;
+}
+
+bool
+provider_matches_keyring(const ByokKeyring *kr, const ByokRootKey *root,
+						 ByokError *err)
+{
+	if (is_keyprotect(kr->provider))
+	{
+		if (root->kms.key_crn[0] == '\0')
+		{
+			byok_error_set(err,
+						   psprintf("The keyring is wrapped by Key Protect key %s.", kr->key_crn),
+						   psprintf("Set byok.key_crn = '%s' (and byok.api_key_file) in postgresql.conf.", kr->key_crn),
+						   "byok.key_crn is not set");
+			return false;
+		}
+		if (strcmp(root->kms.key_crn, kr->key_crn) != 0)
+		{
+			byok_error_set(err,
+						   psprintf("byok.key_crn is %s, but the keyring is wrapped by %s.",
+									root->kms.key_crn, kr->key_crn),
+						   "Set byok.key_crn back to the key that wraps the keyring; to move the cluster to "
+						   "another key, stop the server and run pg_byok rekey.",
+						   "byok.key_crn does not match the keyring");
+			return false;
+		}
+		return true;
+	}
+	if (strcmp(kr->provider, BYOK_PROVIDER_LOCAL) == 0)
+	{
+		if (root->kms.key_crn[0] != '\0')
+		{
+			byok_error_set(err,
+						   psprintf("byok.key_crn is %s, but the keyring is wrapped by the local root key.",
+									root->kms.key_crn),
+						   "To move the cluster to Key Protect, stop the server and run "
+						   "pg_byok rekey --key-crn CRN; otherwise remove byok.key_crn.",
+						   "byok.key_crn does not match the keyring");
+			return false;
+		}
+		return true;
+	}
+	byok_error_set(err, NULL, "The keyring may come from a newer byok.",
+				   "keyring provider \"%s\" is not supported", kr->provider);
+	return false;
+}
+
+/* Local provider: load the root key (owner, mode, fingerprint checked). */
+static bool
+local_load_root(const ByokKeyring *kr, const char *path, uint8_t root[BYOK_KEY_LEN],
+				ByokError *err)
+{
+	char		fp[65];
+
+	if (path[0] == '\0')
+	{
+		byok_error_set(err, NULL, "Set byok.root_key_file in postgresql.conf.",
+					   "no root key file is configured");
+		return false;
+	}
+	if (!root_key_load(path, root, err))
+		return false;
+	root_key_fingerprint(root, fp);
+	if (kr->root_key_id[0] != '\0' && strcmp(fp, kr->root_key_id) != 0)
+	{
+		byok_wipe(root, BYOK_KEY_LEN);
+		byok_error_set(err,
+					   psprintf("The keyring was wrapped by the root key with fingerprint %s; the file holds %s.",
+								kr->root_key_id, fp),
+					   "Point byok.root_key_file at this cluster's root key file.",
+					   "root key file \"%s\" holds the wrong key for this cluster", path);
+		return false;
+	}
+	return true;
+}
+
+bool
+provider_unwrap(ByokKeyring *kr, const ByokRootKey *root,
+				uint8_t material[BYOK_KEY_LEN], bool *changed, ByokError *err)
+{
+	*changed = false;
+	if (!provider_matches_keyring(kr, root, err))
+		return false;
+
+	if (is_keyprotect(kr->provider))
+	{
+		ByokKmsResult res;
+		char		version[128];
+		char	   *new_ct = malloc(KMS_CIPHERTEXT_LEN);
+		char		new_version[128] = "";
+		bool		ok;
+
+		if (new_ct == NULL)
+		{
+			byok_error_set(err, NULL, NULL, "out of memory");
+			return false;
+		}
+		ok = kms_unwrap(&root->kms, kr->system_identifier, kr->wrapped_key, material,
+						version, sizeof(version), new_ct, KMS_CIPHERTEXT_LEN,
+						new_version, sizeof(new_version), &res);
+		byok_audit("byok.kms.unwrap", kr->key_crn, ok ? version : kr->key_version,
+				   res.correlation_id, ok, res.duration_ms,
+				   ok ? (new_ct[0] ? "key material re-wrapped by Key Protect under a newer key version" : NULL) :
+				   res.message);
+		if (!ok)
+		{
+			free(new_ct);
+			kms_describe_failure(&root->kms, "unwrap the cluster key", &res, err);
+			return false;
+		}
+		if (new_ct[0] != '\0' && strlen(new_ct) < sizeof(kr->wrapped_key))
+		{
+			snprintf(kr->wrapped_key, sizeof(kr->wrapped_key), "%s", new_ct);
+			snprintf(kr->key_version, sizeof(kr->key_version), "%s", new_version);
+			*changed = true;
+		}
+		else if (version[0] != '\0' && strcmp(version, kr->key_version) != 0)
+		{
+			snprintf(kr->key_version, sizeof(kr->key_version), "%s", version);
+			*changed = true;
+		}
+		free(new_ct);
+		return true;
+	}
+	else
+	{
+		uint8_t		rootkey[BYOK_KEY_LEN];
+		const char *path = root->root_key_file[0] ? root->root_key_file : kr->root_key_file;
+
+		if (!local_load_root(kr, path, rootkey, err))
+			return false;
+		if (!local_unwrap(rootkey, kr->system_identifier, kr->wrapped_key, material))
+		{
+			byok_wipe(rootkey, sizeof(rootkey));
+			byok_error_set(err,
+						   psprintf("The root key matches, but the wrapped key does not authenticate for system identifier %llu.",
+									(unsigned long long) kr->system_identifier),
+						   "Restore byok/keyring from a backup of this cluster.",
+						   "could not unwrap the key material in \"%s\"", BYOK_KEYRING_FILE);
+			return false;
+		}
+		byok_wipe(rootkey, sizeof(rootkey));
+		return true;
+	}
+}
+
+bool
+provider_wrap(ByokKeyring *kr, const ByokRootKey *root,
+			  const uint8_t material[BYOK_KEY_LEN], ByokError *err)
+{
+	if (is_keyprotect(root->provider))
+	{
+		ByokKmsResult res;
+		char		version[128] = "";
+		bool		ok;
+		ByokCrn		crn;
+
+		if (!byok_crn_parse(root->kms.key_crn, &crn, err))
+			return false;
+		ok = kms_wrap(&root->kms, kr->system_identifier, material, kr->wrapped_key,
+					  sizeof(kr->wrapped_key), version, sizeof(version), &res);
+		byok_audit("byok.kms.wrap", root->kms.key_crn, version, res.correlation_id, ok,
+				   res.duration_ms, ok ? NULL : res.message);
+		if (!ok)
+		{
+			kms_describe_failure(&root->kms, "wrap the cluster key", &res, err);
+			return false;
+		}
+		snprintf(kr->provider, sizeof(kr->provider), "%s", BYOK_PROVIDER_KEYPROTECT);
+		snprintf(kr->key_crn, sizeof(kr->key_crn), "%s", root->kms.key_crn);
+		snprintf(kr->key_version, sizeof(kr->key_version), "%s", version);
+		kr->root_key_file[0] = '\0';
+		kr->root_key_id[0] = '\0';
+	}
+	else
+	{
+		uint8_t		rootkey[BYOK_KEY_LEN];
+		const char *path = root->root_key_file;
+
+		if (access(path, F_OK) == 0)
+		{
+			if (!root_key_load(path, rootkey, err))
+				return false;
+		}
+		else if (!root_key_create(path, rootkey, err))
+			return false;
+		if (!local_wrap(rootkey, kr->system_identifier, material, kr->wrapped_key,
+						sizeof(kr->wrapped_key)))
+		{
+			byok_wipe(rootkey, sizeof(rootkey));
+			byok_error_set(err, NULL, NULL, "could not wrap the cluster key material");
+			return false;
+		}
+		root_key_fingerprint(rootkey, kr->root_key_id);
+		byok_wipe(rootkey, sizeof(rootkey));
+		snprintf(kr->provider, sizeof(kr->provider), "%s", BYOK_PROVIDER_LOCAL);
+		snprintf(kr->root_key_file, sizeof(kr->root_key_file), "%s", path);
+		kr->key_crn[0] = '\0';
+		snprintf(kr->key_version, sizeof(kr->key_version), "local-%.8s", kr->root_key_id);
+		byok_audit("byok.local.wrap", "", kr->key_version, "", true, 0, path);
+	}
+	byok_now_iso8601(kr->key_bound, sizeof(kr->key_bound));
+	return true;
+}
+
+bool
+provider_rewrap(ByokKeyring *kr, const ByokRootKey *root, const char *reason,
+				ByokError *err)
+{
+	ByokKmsResult res;
+	char		version[128] = "";
+	char	   *ct;
+	bool		ok;
+
+	if (!is_keyprotect(kr->provider))
+	{
+		byok_error_set(err, "Only a Key Protect key has versions to rewrap under.",
+					   "Use pg_byok rekey to move the cluster to Key Protect.",
+					   "the keyring is wrapped by the local root key");
+		return false;
+	}
+	if (!provider_matches_keyring(kr, root, err))
+		return false;
+	ct = malloc(KMS_CIPHERTEXT_LEN);
+	if (ct == NULL)
+	{
+		byok_error_set(err, NULL, NULL, "out of memory");
+		return false;
+	}
+	ok = kms_rewrap(&root->kms, kr->system_identifier, kr->wrapped_key, ct,
+					KMS_CIPHERTEXT_LEN, version, sizeof(version), &res);
+	byok_audit("byok.kms.rewrap", kr->key_crn, ok ? version : kr->key_version,
+			   res.correlation_id, ok, res.duration_ms, ok ? reason : res.message);
+	if (!ok || strlen(ct) >= sizeof(kr->wrapped_key))
+	{
+		free(ct);
+		if (ok)
+			byok_error_set(err, NULL, NULL, "Key Protect returned an oversized ciphertext");
+		else
+			kms_describe_failure(&root->kms, "rewrap the cluster key", &res, err);
+		return false;
+	}
+	snprintf(kr->wrapped_key, sizeof(kr->wrapped_key), "%s", ct);
+	if (version[0] != '\0')
+		snprintf(kr->key_version, sizeof(kr->key_version), "%s", version);
+	free(ct);
+	return true;
+}
