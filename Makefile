@@ -14,7 +14,6 @@ UNIT_TESTS = test/unit/test_crypto
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
-PROVE_FLAGS = -I test/perl
 NO_INSTALLCHECK = 1
 
 DEPS = libcrypto libcurl json-c
@@ -33,6 +32,9 @@ override with_llvm = no
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# after the include: Makefile.global resets it
+PROVE_FLAGS = -I test/perl
 
 FE_CPPFLAGS = -DFRONTEND -I$(includedir_internal) $(CPPFLAGS)
 FE_LIBS = -L$(pkglibdir) -lpgcommon -lpgport $(shell pkg-config --libs $(DEPS)) -lm

@@ -1097,13 +1097,19 @@ kms_describe_failure(const ByokKmsConfig *cfg, const char *action,
 		memset(&crn, 0, sizeof(crn));
 	instance = crn.instance[0] ? crn.instance : "(unknown)";
 
-	snprintf(detail, sizeof(detail),
-			 "Key CRN %s; %s answered %s%ld%s%s%s%s after %d attempt%s (correlation id %s).",
-			 cfg->key_crn, res->url[0] ? res->url : "Key Protect",
-			 res->http_status ? "HTTP " : "", res->http_status,
-			 res->reason[0] ? " " : "", res->reason,
-			 res->message[0] ? ": " : "", res->message,
-			 res->attempts, res->attempts == 1 ? "" : "s", res->correlation_id);
+	if (res->http_status != 0)
+		snprintf(detail, sizeof(detail),
+				 "Key CRN %s; %s answered HTTP %ld%s%s%s%s after %d attempt%s (correlation id %s).",
+				 cfg->key_crn, res->url[0] ? res->url : "Key Protect", res->http_status,
+				 res->reason[0] ? " " : "", res->reason,
+				 res->message[0] ? ": " : "", res->message,
+				 res->attempts, res->attempts == 1 ? "" : "s", res->correlation_id);
+	else
+		snprintf(detail, sizeof(detail),
+				 "Key CRN %s; the request to %s failed after %d attempt%s: %s (correlation id %s).",
+				 cfg->key_crn, res->url[0] ? res->url : "Key Protect",
+				 res->attempts, res->attempts == 1 ? "" : "s",
+				 res->message[0] ? res->message : "no answer", res->correlation_id);
 
 	switch (res->status)
 	{
