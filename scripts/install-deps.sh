@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Install everything byok needs to build, test and demo, from Debian 12
+# (bookworm) packages only.  Idempotent: when every package is already
+# installed it does not touch apt at all, so running it again costs a second.
+#
+# Must run as root.  Debian's postgresql-15 package creates and starts a
+# cluster "15/main" on port 5432; byok's scripts leave it alone and use their
+# own clusters on other ports.
+set -euo pipefail
+
+packages=(
+	# build
+	gcc make pkg-config
+	postgresql-15 postgresql-server-dev-15
+	libssl-dev libcurl4-openssl-dev libjson-c-dev
+	# tests: TAP (prove, IPC::Run), the Key Protect emulator, the scripts
+	perl libipc-run-perl
+	python3
+	openssl curl ca-certificates
+	util-linux passwd
+)
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "install-deps.sh: must run as root (it installs Debian packages)" >&2
+	exit 1
+fi
+
+missing=()
+for pkg in "${packages[@]}"; do
+	status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+	if [[ $status != installed ]]; then
+		missing+=("$pkg")
+	fi
+done
+
+if [[ ${#missing[@]} -eq 0 ]]; then
+	echo "install-deps: all ${#packages[@]} packages already installed"
+	exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${missing[@]}"
+echo "install-deps: done"

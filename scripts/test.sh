@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# byok's test command: build, install, and run every suite.
+#
+#   bash scripts/test.sh
+#
+# As root (CI, a fresh Debian 12): installs the Debian dependencies, builds
+# and installs byok into the system's PostgreSQL 15, then runs the suites as
+# the unprivileged user "byoktest" (PostgreSQL refuses to run as root) in a
+# private copy of the source tree, so the checkout is never written by the
+# tests.  As any other user: builds and runs the suites in place and assumes
+# the dependencies (and, unless its directories are writable, the
+# installation) are already there.
+#
+# Suites, in order: unit (make unittest), emulator (make emulatortest), tap
+# (make taptest: prove over test/t/*.pl, pg_regress included).  Every suite
+# runs even if an earlier one failed.  The output ends with a summary table
+# and, as the very last line, "N passed, N failed" over all tests; CI reads
+# that line.  A suite that did not run or did not report counts as one
+# failure; so does a build that fails or warns in our own files.  The exit
+# status is non-zero whenever anything failed.
+#
+# Environment: PROVE_TESTS="test/t/000_scanner.pl ..." runs a subset of the
+# TAP tests; BYOK_KEEP_WORKDIR=1 keeps the root run's work directory even
+# when everything passed.
+set -uo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+test_user=byoktest
+suites=(unit emulator tap)
+
+declare -A n_passed n_failed state
+build_state=ok
+build_failures=0
+
+say() { printf '\n=== %s ===\n' "$*"; }
+die() { echo "test.sh: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------------------
+# Where things run: as root, in a copy owned by $test_user; otherwise here.
+# ---------------------------------------------------------------------------
+if [[ $(id -u) -eq 0 ]]; then
+	as_root=1
+	say "install dependencies"
+	bash "$repo/scripts/install-deps.sh" || die "scripts/install-deps.sh failed"
+	workdir=$(mktemp -d /tmp/byok-test.XXXXXX) || die "mktemp failed"
+	src=$workdir/src
+else
+	as_root=0
+	workdir=$(mktemp -d "${TMPDIR:-/tmp}/byok-test.XXXXXX") || die "mktemp failed"
+	src=$repo
+fi
+logs=$workdir/logs
+mkdir -p "$logs"
+
+user_path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+# Run a command in the tree under test, as the test user when we are root.
+# The environment is rebuilt from scratch (root's PATH may hold tools the
+# test user cannot reach); only a few test knobs pass through.
+in_tree() {
+	if [[ $as_root -eq 1 ]]; then
+		local -a envv=(
+			HOME="$(getent passwd "$test_user" | cut -d: -f6)"
+			USER="$test_user" LOGNAME="$test_user"
+			PATH="$user_path" LANG=C.UTF-8 TMPDIR=/tmp
+		)
+		local v
+		for v in PG_TEST_TIMEOUT_DEFAULT PG_TEST_EXTRA PG_TEST_NOCLEAN; do
+			[[ -n ${!v:-} ]] && envv+=("$v=${!v}")
+		done
+		(cd "$src" && runuser -u "$test_user" -- env -i "${envv[@]}" "$@")
+	else
+		(cd "$src" && "$@")
+	fi
+}
+
+# Lines of a build log that are compiler warnings in our own files.
+own_warnings() { grep -E '(^|/)(src|test)/.*warning:' "$1"; }
+
+# Build with output captured ($1 = log name, rest = command); a failed build
+# or a warning in our files is a build failure.
+build_step() {
+	local name=$1
+	shift
+	local log=$logs/$name.log
+	"$@" 2>&1 | tee "$log"
+	local rc=${PIPESTATUS[0]}
+	if [[ $rc -ne 0 ]]; then
+		echo "test.sh: build step '$name' failed (exit $rc), see $log" >&2
+		build_state="FAILED ($name)"
+		build_failures=$((build_failures + 1))
+		return 1
+	fi
+	if own_warnings "$log" >/dev/null; then
+		echo "test.sh: compiler warnings in our files ($name):" >&2
+		own_warnings "$log" >&2
+		build_state="WARNINGS ($name)"
+		build_failures=$((build_failures + 1))
+	fi
+	return 0
+}
+
+# ---------------------------------------------------------------------------
+# Build and install.
+# ---------------------------------------------------------------------------
+built=1
+if [[ $as_root -eq 1 ]]; then
+	say "build and install (root, in $repo)"
+	cd "$repo" || die "cannot cd to $repo"
+	{ build_step build-root make -s && build_step install make -s install; } || built=0
+
+	if ! id -u "$test_user" >/dev/null 2>&1; then
+		say "create user $test_user"
+		useradd --create-home --shell /bin/bash "$test_user" ||
+			die "could not create user $test_user"
+	fi
+
+	say "copy the source tree to $src"
+	mkdir -p "$src"
+	tar -C "$repo" -cf - \
+		--exclude=.git --exclude=./tmp_check --exclude=./results \
+		--exclude=./log --exclude=./regression.diffs --exclude=./regression.out \
+		--exclude='*.o' --exclude='*.so' --exclude='*.bc' \
+		--exclude=./pg_byok --exclude=./test/unit/test_crypto . |
+		tar -C "$src" -xf - || die "copying the source tree failed"
+	chown -R "$test_user:" "$workdir" || die "chown $workdir failed"
+
+	if [[ $built -eq 1 ]]; then
+		say "build as $test_user in $src"
+		in_tree make -s clean >/dev/null 2>&1
+		build_step build-user in_tree make -s || built=0
+	fi
+else
+	say "build (as $(id -un), in $repo)"
+	build_step build make -s || built=0
+	if [[ $built -eq 1 ]]; then
+		pkglibdir=$(pg_config --pkglibdir)
+		bindir=$(pg_config --bindir)
+		sharedir=$(pg_config --sharedir)/extension
+		if [[ -w $pkglibdir && -w $bindir && -w $sharedir ]]; then
+			build_step install make -s install || built=0
+		else
+			echo "test.sh: not root and $pkglibdir is not writable: skipping" \
+				"'make install'; the tests use the byok already installed there"
+		fi
+	fi
+fi
+
+# ---------------------------------------------------------------------------
+# Suites.
+# ---------------------------------------------------------------------------
+
+# Counts from a unit/emulator log: its last "N passed, N failed" line.
+parse_simple() {
+	local suite=$1 rc=$2 log=$logs/$1.log line
+	line=$(grep -E '^[[:space:]]*[0-9]+ passed, [0-9]+ failed[[:space:]]*$' "$log" | tail -n 1)
+	if [[ -z $line ]]; then
+		n_passed[$suite]=0
+		n_failed[$suite]=1
+		state[$suite]="NO COUNTS (exit $rc)"
+		return
+	fi
+	read -r p _ f _ <<<"${line//,/}"
+	n_passed[$suite]=$p
+	n_failed[$suite]=$f
+	if [[ $rc -ne 0 && $f -eq 0 ]]; then
+		n_failed[$suite]=1
+		state[$suite]="FAILED (exit $rc, no failed test reported)"
+	elif [[ $f -ne 0 ]]; then
+		state[$suite]=FAILED
+	else
+		state[$suite]=ok
+	fi
+}
+
+# Counts from prove's output: "Files=F, Tests=N" is every test run; the
+# "Test Summary Report" lines "file (Wstat: ... Tests: T Failed: F)" give
+# the failures, and a file listed there with no failed test (it died, or its
+# plan was wrong) counts as one failure.
+parse_prove() {
+	local suite=$1 rc=$2 log=$logs/$1.log total failed=0 died=0 f
+	total=$(sed -nE 's/^Files=[0-9]+, Tests=([0-9]+),.*/\1/p' "$log" | tail -n 1)
+	if [[ -z $total ]]; then
+		n_passed[$suite]=0
+		n_failed[$suite]=1
+		state[$suite]="DID NOT RUN (exit $rc)"
+		return
+	fi
+	while read -r f; do
+		if [[ $f -eq 0 ]]; then
+			died=$((died + 1))
+		else
+			failed=$((failed + f))
+		fi
+	done < <(sed -nE 's/^[^ ].*\(Wstat: .*Tests: [0-9]+ Failed: ([0-9]+)\)$/\1/p' "$log")
+	n_passed[$suite]=$((total - failed))
+	n_failed[$suite]=$((failed + died))
+	if grep -q '^Result: PASS' "$log" && [[ $rc -eq 0 && $((failed + died)) -eq 0 ]]; then
+		state[$suite]=ok
+	else
+		state[$suite]=FAILED
+		if [[ $((failed + died)) -eq 0 ]]; then
+			n_failed[$suite]=1
+			state[$suite]="FAILED (exit $rc)"
+		fi
+	fi
+}
+
+# After a TAP failure: the tails of the logs of each failed test file.
+show_tap_logs() {
+	local log=$logs/tap.log tlog=$src/tmp_check/log t name f
+	while read -r t; do
+		name=$(basename "$t" .pl)
+		for f in "$tlog/regress_log_$name" "$tlog/${name}"_*.log; do
+			[[ -f $f ]] || continue
+			say "tail of $f"
+			tail -n 60 "$f"
+		done
+	done < <(sed -nE 's/^([^ ]+\.pl) +\(Wstat: .*/\1/p' "$log")
+	f=$src/tmp_check/regress/regression.diffs
+	if [[ -s $f ]]; then
+		say "$f"
+		head -n 200 "$f"
+	fi
+}
+
+run_suite() {
+	local suite=$1 target
+	case $suite in
+	unit) target=(unittest) ;;
+	emulator) target=(emulatortest) ;;
+	tap)
+		# Given on the command line because PGXS's Makefile.global resets
+		# PROVE_FLAGS after the Makefile has set it.
+		target=(taptest "PROVE_FLAGS=-I test/perl")
+		[[ -n ${PROVE_TESTS:-} ]] && target+=("PROVE_TESTS=$PROVE_TESTS")
+		;;
+	esac
+	say "suite: $suite (make ${target[*]})"
+	local log=$logs/$suite.log
+	if [[ $suite == tap ]]; then
+		in_tree env HARNESS_TIMER=1 make -s --no-print-directory "${target[@]}" 2>&1 | tee "$log"
+	else
+		in_tree make -s --no-print-directory "${target[@]}" 2>&1 | tee "$log"
+	fi
+	local rc=${PIPESTATUS[0]}
+	if [[ $suite == tap ]]; then
+		parse_prove "$suite" "$rc"
+		[[ ${state[$suite]} == ok ]] || show_tap_logs
+	else
+		parse_simple "$suite" "$rc"
+	fi
+	# The unit tests are compiled by their suite: hold them to the same
+	# no-warnings rule as the build.
+	if own_warnings "$log" >/dev/null; then
+		echo "test.sh: compiler warnings in our files ($suite):" >&2
+		own_warnings "$log" >&2
+		build_state="WARNINGS ($suite)"
+		build_failures=$((build_failures + 1))
+	fi
+}
+
+for suite in "${suites[@]}"; do
+	if [[ $built -eq 1 ]]; then
+		run_suite "$suite"
+	else
+		n_passed[$suite]=0
+		n_failed[$suite]=1
+		state[$suite]="NOT RUN (build failed)"
+	fi
+done
+
+# ---------------------------------------------------------------------------
+# Summary.
+# ---------------------------------------------------------------------------
+total_passed=0
+total_failed=$build_failures
+say "summary"
+printf '%-10s %8s %8s  %s\n' suite passed failed status
+printf '%-10s %8s %8s  %s\n' build - "$build_failures" "$build_state"
+for suite in "${suites[@]}"; do
+	printf '%-10s %8d %8d  %s\n' "$suite" "${n_passed[$suite]}" "${n_failed[$suite]}" "${state[$suite]}"
+	total_passed=$((total_passed + n_passed[$suite]))
+	total_failed=$((total_failed + n_failed[$suite]))
+done
+printf '%-10s %8d %8d\n' total "$total_passed" "$total_failed"
+
+if [[ $total_failed -eq 0 && $as_root -eq 1 && -z ${BYOK_KEEP_WORKDIR:-} ]]; then
+	rm -rf "$workdir"
+	echo "logs removed with $workdir (all passed)"
+else
+	echo "logs: $logs"
+fi
+
+echo "$total_passed passed, $total_failed failed"
+[[ $total_failed -eq 0 ]]

@@ -1,0 +1,2 @@
+CREATE EXTENSION byok;
+SELECT byok_version();
