@@ -5,13 +5,16 @@
 #
 # It installs the dependencies, builds and installs byok, starts the local
 # Key Protect emulator and walks one key through it with curl (IAM token,
-# wrap, unwrap), then encrypts a new PostgreSQL cluster with pg_byok, starts
-# it with byok preloaded, writes a marker string into a table and shows that
-# the marker is in no relation file on disk -- and, for contrast, that it is
-# plainly there on a stock cluster.  Everything runs as the unprivileged
-# user "byoktest" in a temporary directory that is removed at the end; the
-# Debian cluster 15/main is left alone.  No secret is ever printed: API key,
-# token and key material appear only as lengths and short prefixes.
+# wrap, unwrap), then encrypts a new PostgreSQL cluster under that Key
+# Protect root key with pg_byok, starts it with byok preloaded, writes a
+# marker string into a table and shows that the marker is in no relation
+# file on disk; shows the key status, rotates the key and restarts; shows
+# the server refusing to start with a wrong API key; and, for contrast,
+# finds the marker in plain sight on a stock cluster.  Everything runs as
+# the unprivileged user "byoktest" in a temporary directory that is removed
+# at the end; the Debian cluster 15/main is left alone.  No secret is ever
+# printed: API key, token and key material appear only as lengths and
+# short prefixes.
 #
 # Run as another user it skips installing packages and byok (both must be
 # there already) and runs everything as that user.
@@ -267,24 +270,13 @@ rm -f "$secrets/dek" "$secrets/resp.dek"
 umask 022
 
 # ---------------------------------------------------------------------------
-step "Create a cluster and encrypt it with pg_byok" "initdb, then 'pg_byok enable' on the stopped cluster: every relation file is encrypted in place."
+step "Create a cluster and encrypt it under the Key Protect key" "initdb, byok.* settings naming the key's CRN, then 'pg_byok enable' on the stopped cluster: every relation file is encrypted in place."
 # ---------------------------------------------------------------------------
 pgdata=$work/pg_encrypted
-rootkey=$work/rootkey
 sockdir=$work/sock
 as_user mkdir -p "$sockdir"
 as_user initdb -D "$pgdata" -A trust -N --locale=C.UTF-8 >"$work/initdb-encrypted.log" ||
 	{ cat "$work/initdb-encrypted.log"; fail "initdb failed"; }
-if ! as_user pg_byok enable -D "$pgdata" --root-key-file "$rootkey" 2>&1 | indent; then
-	fail "pg_byok enable failed"
-fi
-[[ -f $pgdata/byok/keyring ]] || fail "no keyring at $pgdata/byok/keyring"
-info "root key file: $rootkey (mode $(stat -c %a "$rootkey"), $(stat -c %s "$rootkey") bytes, outside the data directory)"
-info "keyring: $pgdata/byok/keyring ($(stat -c %s "$pgdata/byok/keyring") bytes: wrapped key material only)"
-
-# ---------------------------------------------------------------------------
-step "Start it with byok preloaded" "shared_preload_libraries = 'byok', port $port_enc, Unix socket only (in $sockdir)."
-# ---------------------------------------------------------------------------
 server_conf() {
 	cat <<EOF
 
@@ -294,13 +286,35 @@ listen_addresses = ''
 unix_socket_directories = '$sockdir'
 EOF
 }
+kms_conf() {
+	cat <<EOF
+byok.key_crn = '$key_crn'
+byok.kms_endpoint = '$kp_url'
+byok.iam_endpoint = '${iam_url%/identity/token}'
+byok.api_key_file = '$apikey_file'
+byok.kms_ca_file = '$ca_file'
+byok.kms_max_retries = 1
+EOF
+}
 {
 	server_conf "$port_enc"
-	echo "shared_preload_libraries = 'byok'"
-	echo "byok.root_key_file = '$rootkey'"
+	kms_conf
 } | as_user tee -a "$pgdata/postgresql.conf" >/dev/null
+kms_conf | indent
+if ! as_user pg_byok enable -D "$pgdata" 2>&1 | indent; then
+	fail "pg_byok enable failed"
+fi
+[[ -f $pgdata/byok/keyring ]] || fail "no keyring at $pgdata/byok/keyring"
+info "keyring: $pgdata/byok/keyring ($(stat -c %s "$pgdata/byok/keyring") bytes: the key material wrapped by Key Protect, nothing else)"
+as_user pg_byok status -D "$pgdata" 2>&1 | grep -E 'encryption|provider|key CRN|key version' | indent
+
+# ---------------------------------------------------------------------------
+step "Start it with byok preloaded" "shared_preload_libraries = 'byok', port $port_enc, Unix socket only (in $sockdir): the postmaster unwraps the key through Key Protect before anything else starts."
+# ---------------------------------------------------------------------------
+echo "shared_preload_libraries = 'byok'" | as_user tee -a "$pgdata/postgresql.conf" >/dev/null
 as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null ||
 	{ tail -n 30 "$work/pg_encrypted.log" >&2; fail "the encrypted cluster did not start"; }
+grep -E 'byok audit|encryption active' "$work/pg_encrypted.log" | sed 's/^[^]]*] //' | cut -c1-200 | indent
 info "running: $(as_user psql -X -A -t -h "$sockdir" -p "$port_enc" -d postgres -c 'SELECT version()')"
 
 psql_enc() { as_user psql -X -v ON_ERROR_STOP=1 -h "$sockdir" -p "$port_enc" -d postgres "$@"; }
@@ -339,6 +353,36 @@ if [[ -n $wal_hits ]]; then
 else
 	info "pg_wal/: no WAL segment contains the marker either"
 fi
+
+# ---------------------------------------------------------------------------
+step "Key status and rotation" "byok_status() reads the key's state; byok_rotate_key() rotates the root key in Key Protect and rewraps the keyring under the new version."
+# ---------------------------------------------------------------------------
+psql_enc -x -c "SELECT enabled, provider, key_state, key_version, kms_endpoint, last_kms_contact FROM byok_status()" | indent
+wrapped_before=$(grep '^wrapped_key' "$pgdata/byok/keyring" | cut -c15-40)
+new_version=$(psql_enc -A -t -c "SELECT byok_rotate_key()")
+wrapped_after=$(grep '^wrapped_key' "$pgdata/byok/keyring" | cut -c15-40)
+[[ $wrapped_before != "$wrapped_after" ]] || fail "the keyring was not rewrapped"
+info "rotated: key version is now $new_version; keyring ciphertext ${wrapped_before}... -> ${wrapped_after}..."
+psql_enc -A -t -c "SELECT 'byok_verify_key(): ' || CASE WHEN ok THEN 'ok' ELSE message END FROM byok_verify_key()" | indent
+as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -m fast -w restart >/dev/null ||
+	{ tail -n 30 "$work/pg_encrypted.log" >&2; fail "restart after rotation failed"; }
+info "restarted under the new key version: $(psql_enc -A -t -c "SELECT count(*) || ' rows' FROM demo_secret")"
+
+# ---------------------------------------------------------------------------
+step "Without authorization the server refuses to start" "A wrong API key: IAM refuses it, and the postmaster stops with a message that says what to fix."
+# ---------------------------------------------------------------------------
+as_user pg_ctl -D "$pgdata" -m fast -w stop >/dev/null
+as_user bash -c 'umask 077; echo "not-a-valid-api-key" > "$1"' _ "$work/wrong.apikey"
+echo "byok.api_key_file = '$work/wrong.apikey'" | as_user tee -a "$pgdata/postgresql.conf" >/dev/null
+logsize=$(stat -c %s "$work/pg_encrypted.log")
+if as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null 2>&1; then
+	fail "the server started with a wrong API key"
+fi
+tail -c +"$((logsize + 1))" "$work/pg_encrypted.log" | grep -E 'FATAL|DETAIL|HINT' | sed 's/^[^]]*] //' | cut -c1-240 | indent
+echo "byok.api_key_file = '$apikey_file'" | as_user tee -a "$pgdata/postgresql.conf" >/dev/null
+as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null ||
+	{ tail -n 30 "$work/pg_encrypted.log" >&2; fail "the server did not start with the right API key"; }
+info "right API key back: started, $(psql_enc -A -t -c "SELECT count(*) || ' rows' FROM demo_secret")"
 
 # ---------------------------------------------------------------------------
 step "For contrast: the same on a stock cluster" "No byok, port $port_stock."
