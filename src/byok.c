@@ -202,7 +202,7 @@ static bool
 check_key_crn(char **newval, void **extra, GucSource source)
 {
 	ByokCrn		crn;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 
 	if (*newval == NULL || (*newval)[0] == '\0' || byok_crn_parse(*newval, &crn, &err))
 		return true;
@@ -252,7 +252,7 @@ static void
 byok_startup(void)
 {
 	ByokKeyring *kr = &startup_keyring;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	bool		missing = false;
 	bool		changed = false;
 	uint8_t		material[BYOK_KEY_LEN];
@@ -486,7 +486,7 @@ byok_status(PG_FUNCTION_ARGS)
 static void
 read_current_keyring(ByokKeyring *kr)
 {
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	bool		missing;
 
 	if (!keyring_read(DataDir, kr, &missing, &err))
@@ -506,7 +506,7 @@ byok_verify_key(PG_FUNCTION_ARGS)
 	bool		nulls[4] = {0};
 	ByokKeyring kr;
 	ByokRootKey root;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	uint8_t		material[BYOK_KEY_LEN];
 	bool		changed;
 	bool		ok;
@@ -555,7 +555,7 @@ rewrap_keyring(const char *reason)
 {
 	ByokKeyring kr;
 	ByokRootKey root;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	char	   *version;
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
@@ -592,7 +592,7 @@ byok_rotate_key(PG_FUNCTION_ARGS)
 {
 	ByokRootKey root;
 	ByokKmsResult res;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	bool		ok;
 
 	require_keyprotect();
@@ -641,7 +641,7 @@ byok_key_associations(PG_FUNCTION_ARGS)
 		ByokKmsRegistration *regs = NULL;
 		int			nregs = 0;
 		ByokKmsResult res;
-		ByokError	err = {{0}};
+		ByokError	err = {0};
 
 		if (!kms_list_registrations(&root.kms, &regs, &nregs, &res))
 		{

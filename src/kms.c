@@ -496,7 +496,7 @@ kms_request(const ByokKmsConfig *cfg, const char *what, const char *method,
 	snprintf(res->correlation_id, sizeof(res->correlation_id), "%s", correlation_id);
 	for (int attempt = 1; attempt <= max_attempts; attempt++)
 	{
-		KmsHeaders	hdrs = {{0}};
+		KmsHeaders	hdrs = {0};
 		char		errbuf[CURL_ERROR_SIZE];
 		long		http = 0;
 		CURLcode	rc;
@@ -745,7 +745,7 @@ kp_call(const ByokKmsConfig *cfg, const char *what, const char *method,
 		const char *suffix, const char *payload, KmsBuffer *body,
 		ByokKmsResult *res)
 {
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	ByokCrn		crn;
 	char		base[KMS_TEXT_LEN];
 	char		url[2 * KMS_TEXT_LEN];

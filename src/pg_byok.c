@@ -425,7 +425,7 @@ configured_root(const ByokKeyring *kr, ByokRootKey *root)
 static void
 load_keys(ByokKeyring *kr, uint64 sysid)
 {
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	uint8_t		material[BYOK_KEY_LEN];
 	ByokRootKey root;
 	bool		changed;
@@ -539,7 +539,7 @@ cmd_enable(void)
 {
 	ControlFileData *cf;
 	ByokKeyring kr;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	bool		missing;
 	RelFileList list;
 	char	  **journaled;
@@ -772,7 +772,7 @@ static void
 cmd_status(void)
 {
 	ByokKeyring kr;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	bool		missing;
 	ControlFileData *cf = read_control_file();
 	char		jpath[MAXPGPATH];
@@ -831,7 +831,7 @@ static void
 cmd_verify(void)
 {
 	ByokKeyring kr;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	bool		missing;
 	ControlFileData *cf = read_control_file();
 	bool		checksums = cf->data_checksum_version != 0;
@@ -910,7 +910,7 @@ cmd_rekey(void)
 {
 	ControlFileData *cf;
 	ByokKeyring kr;
-	ByokError	err = {{0}};
+	ByokError	err = {0};
 	bool		missing;
 	ByokRootKey old_root;
 	ByokRootKey new_root;
@@ -956,7 +956,9 @@ cmd_rekey(void)
 	{
 		snprintf(new_root.provider, sizeof(new_root.provider), "%s", BYOK_PROVIDER_KEYPROTECT);
 		snprintf(new_root.kms.key_crn, sizeof(new_root.kms.key_crn), "%s", opt_key_crn);
-		if (!byok_crn_parse(opt_key_crn, &(ByokCrn) {{0}}, &err))
+		ByokCrn		parsed;
+
+		if (!byok_crn_parse(opt_key_crn, &parsed, &err))
 			report_error_and_exit(&err);
 	}
 	else
