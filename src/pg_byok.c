@@ -954,10 +954,10 @@ cmd_rekey(void)
 	new_root.kms = kms_opts;
 	if (opt_key_crn)
 	{
-		snprintf(new_root.provider, sizeof(new_root.provider), "%s", BYOK_PROVIDER_KEYPROTECT);
-		snprintf(new_root.kms.key_crn, sizeof(new_root.kms.key_crn), "%s", opt_key_crn);
 		ByokCrn		parsed;
 
+		snprintf(new_root.provider, sizeof(new_root.provider), "%s", BYOK_PROVIDER_KEYPROTECT);
+		snprintf(new_root.kms.key_crn, sizeof(new_root.kms.key_crn), "%s", opt_key_crn);
 		if (!byok_crn_parse(opt_key_crn, &parsed, &err))
 			report_error_and_exit(&err);
 	}
