@@ -517,10 +517,17 @@ root_key_load(const char *path, uint8_t key[BYOK_KEY_LEN], ByokError *err)
 	return true;
 }
 
+/*
+ * Create a new root key file atomically: write a temp file beside it,
+ * fsync, then link() it into place (which fails rather than replace an
+ * existing key) and fsync the directory.  A crash leaves either no key file
+ * or a complete one, never an empty or partial one.  Handles key material.
+ */
 bool
 root_key_create(const char *path, uint8_t key[BYOK_KEY_LEN], ByokError *err)
 {
 	char		hex[2 * BYOK_KEY_LEN + 2];
+	char		tmp[MAXPGPATH];
 	char		dir[MAXPGPATH];
 	char	   *slash;
 	bool		ok;
@@ -532,10 +539,23 @@ root_key_create(const char *path, uint8_t key[BYOK_KEY_LEN], ByokError *err)
 	}
 	hex_encode_bytes(key, BYOK_KEY_LEN, hex);
 	strcat(hex, "\n");
-	ok = write_new_file(path, hex, strlen(hex), true, err);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	ok = write_new_file(tmp, hex, strlen(hex), false, err);
 	byok_wipe(hex, sizeof(hex));
 	if (!ok)
+	{
+		unlink(tmp);
+		byok_wipe(key, BYOK_KEY_LEN);
 		return false;
+	}
+	if (link(tmp, path) != 0)
+	{
+		byok_error_set(err, NULL, NULL, "could not create root key file \"%s\": %m", path);
+		unlink(tmp);
+		byok_wipe(key, BYOK_KEY_LEN);
+		return false;
+	}
+	unlink(tmp);
 	snprintf(dir, sizeof(dir), "%s", path);
 	slash = strrchr(dir, '/');
 	if (slash != NULL)
