@@ -22,6 +22,7 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/xlog.h"
+#include "access/xlog_internal.h"
 #include "catalog/pg_class.h"
 #include "common/relpath.h"
 #include "fmgr.h"
@@ -84,6 +85,7 @@ static bool startup_crn_invalid = false;
 static ByokKeyring startup_keyring;
 static bool data_checksums = false;
 static TimestampTz startup_contact = 0;
+static uint32 wal_first_version = 1;
 
 /* Pointer to shared state. */
 static ByokSharedState *shared = NULL;
@@ -332,6 +334,23 @@ byok_startup(void)
 		byok_crypto_wipe();
 		byok_report(FATAL, ERRCODE_INTERNAL_ERROR, &err);
 	}
+
+	/* WAL: encrypt what frontend tools left in plaintext, then hook the I/O */
+	{
+		int			segments;
+		int			pages;
+
+		wal_first_version = byok_wal_convert_plaintext(XLOGDIR, &segments, &pages);
+		if (pages > 0)
+			ereport(LOG,
+					(errmsg("byok: encrypted %d plaintext WAL pages in %d segments", pages, segments),
+					 errdetail("Segments written by pg_basebackup -X stream, pg_receivewal or pg_resetwal are plaintext until the server starts.")));
+	}
+	if (!byok_hooks_install_wal(byok_wal_wrappers(), &err))
+	{
+		byok_crypto_wipe();
+		byok_report(FATAL, ERRCODE_INTERNAL_ERROR, &err);
+	}
 	on_proc_exit(byok_on_exit, (Datum) 0);
 
 	ereport(LOG,
@@ -353,8 +372,9 @@ byok_shmem_request(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
-	RequestAddinShmemSpace(byok_smgr_shmem_size() + MAXALIGN(sizeof(ByokSharedState)));
-	RequestNamedLWLockTranche("byok", 1);
+	RequestAddinShmemSpace(byok_smgr_shmem_size() + byok_wal_shmem_size() +
+						   MAXALIGN(sizeof(ByokSharedState)));
+	RequestNamedLWLockTranche("byok", 2);
 }
 
 static void
@@ -366,6 +386,7 @@ byok_shmem_startup(void)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	byok_smgr_shmem_init();
+	byok_wal_shmem_init(&(GetNamedLWLockTranche("byok"))[1].lock, wal_first_version);
 	shared = ShmemInitStruct("byok key state", sizeof(ByokSharedState), &found);
 	if (!found)
 	{

@@ -8,6 +8,9 @@
 #ifndef BYOK_H
 #define BYOK_H
 
+#include <sys/uio.h>
+
+#include "storage/lwlock.h"
 #include "storage/smgr.h"
 
 #include "crypto.h"
@@ -30,10 +33,28 @@ typedef struct ByokSmgrFuncs
 	ByokMdExtendFn extend;
 } ByokSmgrFuncs;
 
+/* The C library calls PostgreSQL makes on WAL segments. */
+typedef int (*ByokOpenFn) (const char *path, int flags,...);
+typedef int (*ByokCloseFn) (int fd);
+typedef ssize_t (*ByokPreadFn) (int fd, void *buf, size_t count, off_t offset);
+typedef ssize_t (*ByokPwriteFn) (int fd, const void *buf, size_t count, off_t offset);
+typedef ssize_t (*ByokPwritevFn) (int fd, const struct iovec *iov, int iovcnt, off_t offset);
+
+typedef struct ByokWalFuncs
+{
+	ByokOpenFn	open;
+	ByokCloseFn close;
+	ByokPreadFn pread;
+	ByokPwriteFn pwrite;
+	ByokPwritevFn pwritev;
+} ByokWalFuncs;
+
 /* hooks.c: the binary-level redirection */
 extern bool byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err);
 extern const ByokSmgrFuncs *byok_hooks_smgr_originals(void);
 extern bool byok_hooks_installed(void);
+extern bool byok_hooks_install_wal(const ByokWalFuncs *wrappers, ByokError *err);
+extern const ByokWalFuncs *byok_hooks_wal_originals(void);
 
 /* smgr.c: the encrypting wrappers and their counters */
 typedef struct ByokPageStats
@@ -50,5 +71,14 @@ extern void byok_smgr_shmem_init(void);
 extern void byok_smgr_stats(ByokPageStats *stats);
 extern void byok_smgr_page_id(SMgrRelation reln, ForkNumber forknum,
 							  BlockNumber blkno, ByokPageId *id);
+
+/* wal.c: the encrypting WAL I/O wrappers */
+extern const ByokWalFuncs *byok_wal_wrappers(void);
+extern Size byok_wal_shmem_size(void);
+extern void byok_wal_shmem_init(LWLock *lock, uint32 first_version);
+extern void byok_wal_stats(uint64 *encrypted, uint64 *decrypted);
+extern bool byok_wal_is_segment_path(const char *path);
+extern uint32 byok_wal_convert_plaintext(const char *waldir, int *segments,
+										 int *pages_converted);
 
 #endif							/* BYOK_H */

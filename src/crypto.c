@@ -51,6 +51,7 @@
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
+#include "access/xlog_internal.h"
 #include "storage/bufpage.h"
 #include "storage/checksum.h"
 #ifdef FRONTEND
@@ -60,6 +61,10 @@
 #include "crypto.h"
 
 StaticAssertDecl(BLCKSZ == BYOK_PAGE_SIZE, "byok supports BLCKSZ 8192 only");
+StaticAssertDecl(XLOG_BLCKSZ == BYOK_WAL_PAGE_SIZE, "byok supports XLOG_BLCKSZ 8192 only");
+StaticAssertDecl(offsetof(XLogPageHeaderData, xlp_pageaddr) == 8 &&
+				 SizeOfXLogShortPHD == 24 && sizeof(XLogPageHeaderData) == 24,
+				 "byok relies on the PostgreSQL 15 WAL page header layout");
 StaticAssertDecl(offsetof(PageHeaderData, pd_checksum) == BYOK_PAGE_CLEAR_BYTES,
 				 "pd_checksum must follow pd_lsn");
 StaticAssertDecl((BYOK_PAGE_SIZE - BYOK_PAGE_CLEAR_BYTES + BYOK_BLOCK_LEN - 1) / BYOK_BLOCK_LEN
@@ -81,6 +86,16 @@ struct ByokWalKey
 {
 	EVP_CIPHER_CTX *ctx;
 };
+
+#define WAL_KEY_CACHE		8
+
+/* Per-process cache of WAL keys by salt. */
+static struct
+{
+	uint32_t	salt;
+	struct ByokWalKey *key;
+}			wal_key_cache[WAL_KEY_CACHE];
+static int	wal_key_cache_next = 0;
 
 /* Process-wide cipher state. */
 static ByokKeyState *key_state = NULL;
@@ -231,6 +246,11 @@ void
 byok_crypto_wipe(void)
 {
 	crypto_ready = false;
+	for (int i = 0; i < WAL_KEY_CACHE; i++)
+	{
+		byok_wal_key_free(wal_key_cache[i].key);
+		wal_key_cache[i].key = NULL;
+	}
 	if (key_state != NULL)
 		byok_wipe(key_state, sizeof(ByokKeyState));
 	if (page_ctx != NULL)
@@ -584,6 +604,125 @@ byok_wal_crypt(ByokWalKey *key, uint32_t tli, uint64_t pos,
 	/* a trailing partial chunk */
 	if (len > 0)
 		wal_crypt_partial(key, tli, pos, 0, in, out, len);
+}
+
+/* --- self-describing WAL pages ------------------------------------------ */
+
+#define WAL_OFF_MAGIC		0
+#define WAL_OFF_PAGEADDR	8
+#define WAL_OFF_SALT		20
+
+static ByokWalKey *
+wal_key_for_salt(uint32_t salt)
+{
+	uint8_t		s[BYOK_KEY_LEN] = {0};
+	ByokWalKey *key;
+	int			slot;
+
+	for (int i = 0; i < WAL_KEY_CACHE; i++)
+		if (wal_key_cache[i].key != NULL && wal_key_cache[i].salt == salt)
+			return wal_key_cache[i].key;
+	memcpy(s, "byok wal salt v1", 16);
+	put_be32(s + 16, salt);
+	key = byok_wal_key_create(s);
+	if (key == NULL)
+		crypto_bug("could not derive a WAL key");
+	slot = wal_key_cache_next;
+	wal_key_cache_next = (wal_key_cache_next + 1) % WAL_KEY_CACHE;
+	byok_wal_key_free(wal_key_cache[slot].key);
+	wal_key_cache[slot].salt = salt;
+	wal_key_cache[slot].key = key;
+	return key;
+}
+
+uint16_t
+byok_wal_version(uint32_t counter)
+{
+	uint32_t	v = counter % 65534 + 1;	/* 1 .. 65534 */
+
+	if (v >= XLOG_PAGE_MAGIC)
+		v++;					/* skip the plaintext marker */
+	return (uint16_t) v;
+}
+
+static bool
+bytes_are_zero(const char *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (p[i] != 0)
+			return false;
+	return true;
+}
+
+/* CTR over a page: the header chunks plainly, the rest with the zero rule. */
+static void
+wal_page_crypt(ByokWalKey *key, uint16_t version, uint64_t pageaddr,
+			   const char *in, char *out, size_t len)
+{
+	size_t		head = Min(len, BYOK_WAL_HEADER_CLEAR);
+	uint8_t		iv[BYOK_BLOCK_LEN];
+
+	byok_wal_counter_block(version, pageaddr, iv);
+	ctr_crypt(key->ctx, iv, (const uint8_t *) in, (uint8_t *) out, head);
+	if (len > head)
+		byok_wal_crypt(key, version, pageaddr + head, (const uint8_t *) in + head,
+					   (uint8_t *) out + head, len - head);
+}
+
+void
+byok_wal_page_encrypt(const char *src, char *dst, size_t len, uint64_t pageaddr,
+					  uint32_t salt, uint16_t version)
+{
+	bool		zero16;
+
+	if (len < BYOK_WAL_HEADER_CLEAR || version == 0 || version == XLOG_PAGE_MAGIC ||
+		salt == 0 || pageaddr % BYOK_WAL_PAGE_SIZE != 0)
+		crypto_bug("bad WAL page encryption request");
+	if (bytes_are_zero(src, len))
+	{
+		if (dst != src)
+			memset(dst, 0, len);
+		return;
+	}
+	zero16 = bytes_are_zero(src + 16, 16);
+	wal_page_crypt(wal_key_for_salt(salt), version, pageaddr, src, dst, len);
+	if (zero16)
+		memset(dst + 16, 0, 16);	/* the zero-chunk rule for chunk 1 */
+	memcpy(dst + WAL_OFF_MAGIC, &version, sizeof(version));
+	memcpy(dst + WAL_OFF_PAGEADDR, &pageaddr, sizeof(pageaddr));
+	memcpy(dst + WAL_OFF_SALT, &salt, sizeof(salt));
+}
+
+ByokWalPageKind
+byok_wal_page_decrypt(char *page, size_t len)
+{
+	uint16_t	version;
+	uint64_t	pageaddr;
+	uint32_t	salt;
+	uint16_t	magic = XLOG_PAGE_MAGIC;
+	bool		zero16;
+
+	if (bytes_are_zero(page, len))
+		return BYOK_WAL_PAGE_ZERO;
+	if (len < BYOK_WAL_HEADER_CLEAR)
+		return BYOK_WAL_PAGE_PLAIN;	/* no header to go by: leave it */
+	memcpy(&version, page + WAL_OFF_MAGIC, sizeof(version));
+	if (version == XLOG_PAGE_MAGIC)
+		return BYOK_WAL_PAGE_PLAIN;
+	memcpy(&pageaddr, page + WAL_OFF_PAGEADDR, sizeof(pageaddr));
+	memcpy(&salt, page + WAL_OFF_SALT, sizeof(salt));
+	if (salt == 0 || pageaddr % BYOK_WAL_PAGE_SIZE != 0)
+		return BYOK_WAL_PAGE_PLAIN;	/* not a page byok wrote: garbage */
+	/* chunk 1 (bytes 16-31) stored as zeros around the salt: plaintext zeros */
+	zero16 = bytes_are_zero(page + 16, 4) && bytes_are_zero(page + 24, 8);
+	wal_page_crypt(wal_key_for_salt(salt), version, pageaddr, page, page, len);
+	memcpy(page + WAL_OFF_MAGIC, &magic, sizeof(magic));
+	memcpy(page + WAL_OFF_PAGEADDR, &pageaddr, sizeof(pageaddr));
+	if (zero16)
+		memset(page + 16, 0, 16);
+	else
+		memset(page + WAL_OFF_SALT, 0, sizeof(salt));
+	return BYOK_WAL_PAGE_DECRYPTED;
 }
 
 /* --- local key wrapping (AES-256-GCM) ----------------------------------- */

@@ -145,6 +145,35 @@ extern void byok_wal_key_free(ByokWalKey *key);
 extern void byok_wal_crypt(ByokWalKey *key, uint32_t tli, uint64_t pos,
 						   const uint8_t *in, uint8_t *out, size_t len);
 
+/*
+ * Self-describing WAL pages (docs/design-wal.md): the page is encrypted as
+ * a unit under the key of 'salt', with counter blocks from ('version',
+ * page address); the stored page keeps the page address in clear and
+ * carries the version in place of xlp_magic and the salt in the header's
+ * padding.  All-zero pages stay zero; a stored xlp_magic of 0xD110 means a
+ * plaintext page (byok never stores that version).
+ */
+#define BYOK_WAL_PAGE_SIZE		8192	/* must equal XLOG_BLCKSZ */
+#define BYOK_WAL_HEADER_CLEAR	32	/* bytes outside the zero-chunk rule */
+
+typedef enum ByokWalPageKind
+{
+	BYOK_WAL_PAGE_ZERO,			/* all zeros: never written */
+	BYOK_WAL_PAGE_PLAIN,		/* a plaintext page (valid xlp_magic) */
+	BYOK_WAL_PAGE_DECRYPTED		/* was ciphertext, now plaintext */
+} ByokWalPageKind;
+
+/* Map a running counter to a page version: 1..65535 except 0xD110. */
+extern uint16_t byok_wal_version(uint32_t counter);
+
+/* Encrypt 'len' (<= 8192) bytes of a WAL page that starts at 'pageaddr'. */
+extern void byok_wal_page_encrypt(const char *src, char *dst, size_t len,
+								  uint64_t pageaddr, uint32_t salt,
+								  uint16_t version);
+
+/* Decrypt in place; 'len' may be short of a page at the end of a file. */
+extern ByokWalPageKind byok_wal_page_decrypt(char *page, size_t len);
+
 /* --- primitives --- */
 
 extern bool byok_random_bytes(uint8_t *buf, size_t len);

@@ -15,6 +15,10 @@
  * runs in the postmaster at preload time, before any child is forked, so
  * every process inherits the redirection.
  *
+ * The same module redirects the executable's GOT slots for the C library's
+ * open / close / pread / pwrite / pwritev, which is how WAL segments are
+ * read and written (see the second half of this file and wal.c).
+ *
  * Every assumption is checked: the executable's RELRO segment must be
  * found, the md entry must match exactly once with all fifteen pointers,
  * and the slots must read back as written.  Any mismatch is returned as an
@@ -26,6 +30,7 @@
  */
 #include "postgres.h"
 
+#include <dlfcn.h>
 #include <link.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -212,4 +217,174 @@ bool
 byok_hooks_installed(void)
 {
 	return smgr_installed;
+}
+
+/* --- WAL I/O: the executable's GOT ------------------------------------------- */
+
+/*
+ * PostgreSQL reads and writes WAL segments with open / close / pread /
+ * pwrite / pwritev called from the executable through its GOT.  Debian
+ * links with -z now, so those slots are resolved at start-up and live in
+ * RELRO.  We find each slot from the executable's PLT relocations
+ * (R_X86_64_JUMP_SLOT, by symbol name), check that it holds exactly the
+ * libc function dlsym finds, and point it at byok's wrapper.  Calls made by
+ * libraries (libc itself, OpenSSL, libcurl, byok) do not go through this
+ * GOT and are untouched.
+ */
+#define WAL_NSLOTS 5
+
+/* The executable's dynamic section, as found by dl_iterate_phdr. */
+typedef struct ExecDynamic
+{
+	ElfW(Addr)	base;
+	const ElfW(Dyn) *dyn;
+	bool		found;
+} ExecDynamic;
+
+static ByokWalFuncs wal_originals;
+static bool wal_installed = false;
+
+static int
+find_dynamic_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	ExecDynamic *ed = (ExecDynamic *) arg;
+
+	for (int i = 0; i < info->dlpi_phnum; i++)
+	{
+		if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+		{
+			ed->base = info->dlpi_addr;
+			ed->dyn = (const ElfW(Dyn) *) (info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+			ed->found = true;
+		}
+	}
+	return 1;					/* the executable only */
+}
+
+/* glibc relocates some d_ptr values in place; others stay file-relative. */
+static uintptr_t
+dyn_ptr(const ExecDynamic *ed, ElfW(Addr) p)
+{
+	return p < ed->base ? ed->base + p : p;
+}
+
+bool
+byok_hooks_install_wal(const ByokWalFuncs *wrappers, ByokError *err)
+{
+	static const char *const names[WAL_NSLOTS] = {"open", "close", "pread", "pwrite", "pwritev"};
+	void	   *want_wrappers[WAL_NSLOTS];
+	void	  **slots[WAL_NSLOTS] = {0};
+	void	   *libc[WAL_NSLOTS];
+	ExecDynamic ed = {0};
+	const ElfW(Rela) *rela = NULL;
+	size_t		relasz = 0;
+	const ElfW(Sym) *symtab = NULL;
+	const char *strtab = NULL;
+	char		detail[256];
+
+	if (wal_installed)
+		return true;
+	want_wrappers[0] = (void *) wrappers->open;
+	want_wrappers[1] = (void *) wrappers->close;
+	want_wrappers[2] = (void *) wrappers->pread;
+	want_wrappers[3] = (void *) wrappers->pwrite;
+	want_wrappers[4] = (void *) wrappers->pwritev;
+
+	dl_iterate_phdr(find_dynamic_cb, &ed);
+	if (!ed.found)
+	{
+		byok_error_set(err, "The postgres executable has no PT_DYNAMIC segment.", NULL,
+					   "could not install the byok WAL hooks");
+		return false;
+	}
+	for (const ElfW(Dyn) *d = ed.dyn; d->d_tag != DT_NULL; d++)
+	{
+		if (d->d_tag == DT_JMPREL)
+			rela = (const ElfW(Rela) *) dyn_ptr(&ed, d->d_un.d_ptr);
+		else if (d->d_tag == DT_PLTRELSZ)
+			relasz = d->d_un.d_val;
+		else if (d->d_tag == DT_SYMTAB)
+			symtab = (const ElfW(Sym) *) dyn_ptr(&ed, d->d_un.d_ptr);
+		else if (d->d_tag == DT_STRTAB)
+			strtab = (const char *) dyn_ptr(&ed, d->d_un.d_ptr);
+	}
+	if (rela == NULL || symtab == NULL || strtab == NULL || relasz == 0)
+	{
+		byok_error_set(err, "The executable has no PLT relocations (DT_JMPREL).", NULL,
+					   "could not install the byok WAL hooks");
+		return false;
+	}
+
+	for (size_t r = 0; r < relasz / sizeof(ElfW(Rela)); r++)
+	{
+		const char *name;
+
+		if (ELF64_R_TYPE(rela[r].r_info) != R_X86_64_JUMP_SLOT)
+			continue;
+		name = strtab + symtab[ELF64_R_SYM(rela[r].r_info)].st_name;
+		for (int i = 0; i < WAL_NSLOTS; i++)
+			if (strcmp(name, names[i]) == 0)
+			{
+				if (slots[i] != NULL)
+				{
+					snprintf(detail, sizeof(detail), "Symbol \"%s\" has two PLT slots.", name);
+					byok_error_set(err, detail, NULL, "could not install the byok WAL hooks");
+					return false;
+				}
+				slots[i] = (void **) (ed.base + rela[r].r_offset);
+			}
+	}
+
+	for (int i = 0; i < WAL_NSLOTS; i++)
+	{
+		if (getenv("BYOK_TEST_BREAK_HOOKS") != NULL && i == 0)
+			slots[i] = NULL;
+		libc[i] = dlsym(RTLD_DEFAULT, names[i]);
+		if (slots[i] == NULL || libc[i] == NULL || *slots[i] != libc[i])
+		{
+			snprintf(detail, sizeof(detail),
+					 slots[i] == NULL ? "The executable has no R_X86_64_JUMP_SLOT relocation for \"%s\"." :
+					 "The GOT slot of \"%s\" does not hold the C library's function.", names[i]);
+			byok_error_set(err, detail,
+						   "This server build does not match what byok was built for; "
+						   "rebuild byok against the installed server (make clean install).",
+						   "could not install the byok WAL hooks");
+			return false;
+		}
+	}
+
+	wal_originals.open = (ByokOpenFn) libc[0];
+	wal_originals.close = (ByokCloseFn) libc[1];
+	wal_originals.pread = (ByokPreadFn) libc[2];
+	wal_originals.pwrite = (ByokPwriteFn) libc[3];
+	wal_originals.pwritev = (ByokPwritevFn) libc[4];
+
+	for (int i = 0; i < WAL_NSLOTS; i++)
+	{
+		if (!protect_range(slots[i], sizeof(void *), PROT_READ | PROT_WRITE))
+		{
+			byok_error_set(err, NULL, NULL, "could not make the GOT writable: %m");
+			return false;
+		}
+		*slots[i] = want_wrappers[i];
+		if (!protect_range(slots[i], sizeof(void *), PROT_READ))
+		{
+			byok_error_set(err, NULL, NULL, "could not make the GOT read-only again: %m");
+			return false;
+		}
+		if (*slots[i] != want_wrappers[i])
+		{
+			snprintf(detail, sizeof(detail), "The GOT slot of \"%s\" did not read back as written.", names[i]);
+			byok_error_set(err, detail, NULL, "could not install the byok WAL hooks");
+			return false;
+		}
+	}
+	wal_installed = true;
+	return true;
+}
+
+const ByokWalFuncs *
+byok_hooks_wal_originals(void)
+{
+	return &wal_originals;
 }

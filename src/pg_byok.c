@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <regex.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,6 +35,7 @@
 #include "common/file_perm.h"
 #include "common/logging.h"
 #include "getopt_long.h"
+#include "access/xlog_internal.h"
 #include "storage/bufpage.h"
 #include "storage/checksum.h"
 
@@ -109,11 +111,13 @@ usage(void)
 	printf("  %s enable -D DATADIR --key-crn CRN --api-key-file FILE [KMS OPTIONS]\n", progname);
 	printf("  %s verify -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
 	printf("  %s rekey -D DATADIR {--key-crn CRN | --local [--root-key-file FILE]} [KMS OPTIONS]\n", progname);
+	printf("  %s waldump -D DATADIR [-- PG_WALDUMP_OPTIONS]\n", progname);
 	printf("\nCommands:\n");
 	printf("  enable    encrypt every relation file in place and write the keyring\n");
 	printf("            (crash-safe; run it again after an interruption to resume)\n");
 	printf("  status    show the keyring and key state of a cluster\n");
 	printf("  verify    check that every page decrypts (and, with data checksums, verifies)\n");
+	printf("  waldump   decrypt the WAL segments and show them with pg_waldump\n");
 	printf("  rekey     re-wrap the cluster key under another root key (local <-> Key Protect,\n");
 	printf("            or another Key Protect key); no data is rewritten\n");
 	printf("\nOptions:\n");
@@ -167,6 +171,14 @@ check_server_stopped(void)
 		exit(1);
 	}
 }
+
+static int
+str_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *) a, *(char *const *) b);
+}
+
+#define str_cmp_ptr str_cmp
 
 /* --- relation files ------------------------------------------------------ */
 
@@ -492,6 +504,137 @@ encrypt_file(const RelFile *f, bool checksums, uint64 *done, uint64 total,
 	close(in);
 }
 
+/* --- WAL segments ---------------------------------------------------------- */
+
+static bool
+is_segment_name(const char *name)
+{
+	return strlen(name) == XLOG_FNAME_LEN &&
+		strspn(name, "0123456789ABCDEF") == XLOG_FNAME_LEN;
+}
+
+/* Sorted names of the WAL segments in DATADIR/pg_wal. */
+static char **
+list_wal_segments(int *count)
+{
+	char		path[MAXPGPATH];
+	DIR		   *dir;
+	struct dirent *de;
+	char	  **names = NULL;
+	int			n = 0;
+	int			cap = 0;
+
+	snprintf(path, sizeof(path), "%s/pg_wal", datadir);
+	dir = opendir(path);
+	if (dir == NULL)
+		pg_fatal("could not open directory \"%s\": %m", path);
+	while ((de = readdir(dir)) != NULL)
+	{
+		if (!is_segment_name(de->d_name))
+			continue;
+		if (n == cap)
+		{
+			cap = cap ? cap * 2 : 64;
+			names = pg_realloc(names, cap * sizeof(char *));
+		}
+		names[n++] = pg_strdup(de->d_name);
+	}
+	closedir(dir);
+	if (n > 0)
+		qsort(names, n, sizeof(char *), str_cmp_ptr);
+	*count = n;
+	return names;
+}
+
+/*
+ * Encrypt the plaintext pages of every WAL segment (the segments of a
+ * cleanly shut down cluster are plaintext before enable).  Each segment
+ * with plaintext pages is rewritten into a temp file, fsynced and renamed
+ * into place, so a crash leaves it whole; pages already encrypted (stored
+ * magic is not 0xD110) are kept, so a rerun converts only what is left.
+ */
+static void
+encrypt_wal_segments(uint32 segsize, int *segments_done, int *pages_done)
+{
+	int			nseg;
+	char	  **segs = list_wal_segments(&nseg);
+	uint32		salt = 0;
+	uint32		counter = 1;
+	PGAlignedXLogBlock page;
+	ByokError	err = {0};
+
+	*segments_done = 0;
+	*pages_done = 0;
+	while (salt == 0)
+		if (!byok_random_bytes((uint8_t *) &salt, sizeof(salt)))
+			pg_fatal("could not generate a random WAL salt");
+
+	for (int i = 0; i < nseg; i++)
+	{
+		char		path[MAXPGPATH];
+		char		tmp[MAXPGPATH];
+		int			in;
+		int			out = -1;
+		TimeLineID	tli;
+		XLogSegNo	segno;
+		uint64		segstart;
+		bool		any = false;
+
+		XLogFromFileName(segs[i], &tli, &segno, segsize);
+		XLogSegNoOffsetToRecPtr(segno, 0, segsize, segstart);
+		snprintf(path, sizeof(path), "%s/pg_wal/%s", datadir, segs[i]);
+		snprintf(tmp, sizeof(tmp), "%s%s", path, TMP_SUFFIX);
+		in = open(path, O_RDONLY | PG_BINARY, 0);
+		if (in < 0)
+			pg_fatal("could not open file \"%s\": %m", path);
+
+		/* first pass: anything to do? */
+		for (off_t off = 0; off < segsize && !any; off += XLOG_BLCKSZ)
+		{
+			XLogPageHeader hdr = (XLogPageHeader) page.data;
+
+			if (pg_pread(in, page.data, XLOG_BLCKSZ, off) != XLOG_BLCKSZ)
+				break;
+			any = hdr->xlp_magic == XLOG_PAGE_MAGIC && hdr->xlp_pageaddr == segstart + off;
+		}
+		if (!any)
+		{
+			close(in);
+			continue;
+		}
+
+		out = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode);
+		if (out < 0)
+			pg_fatal("could not create file \"%s\": %m", tmp);
+		for (off_t off = 0;; off += XLOG_BLCKSZ)
+		{
+			XLogPageHeader hdr = (XLogPageHeader) page.data;
+			ssize_t		n = pg_pread(in, page.data, XLOG_BLCKSZ, off);
+
+			if (n < 0)
+				pg_fatal("could not read file \"%s\": %m", path);
+			if (n == 0)
+				break;
+			if (n == XLOG_BLCKSZ && hdr->xlp_magic == XLOG_PAGE_MAGIC &&
+				hdr->xlp_pageaddr == segstart + off)
+			{
+				byok_wal_page_encrypt(page.data, page.data, XLOG_BLCKSZ, segstart + off,
+									  salt, byok_wal_version(counter++));
+				(*pages_done)++;
+			}
+			if (pg_pwrite(out, page.data, n, off) != n)
+				pg_fatal("could not write file \"%s\": %m", tmp);
+		}
+		close(in);
+		if (fsync(out) != 0)
+			pg_fatal("could not fsync file \"%s\": %m", tmp);
+		close(out);
+		if (!byok_durable_rename(tmp, path, &err))
+			report_error_and_exit(&err);
+		(*segments_done)++;
+	}
+}
+
 /* The set of paths in the enable journal. */
 static char **
 read_journal(int *count)
@@ -528,11 +671,6 @@ read_journal(int *count)
 	return paths;
 }
 
-static int
-str_cmp(const void *a, const void *b)
-{
-	return strcmp(*(char *const *) a, *(char *const *) b);
-}
 
 static void
 cmd_enable(void)
@@ -748,6 +886,14 @@ cmd_enable(void)
 		}
 	}
 
+	{
+		int			wal_segments;
+		int			wal_pages;
+
+		encrypt_wal_segments(cf->xlog_seg_size, &wal_segments, &wal_pages);
+		printf("%s: encrypted %d WAL pages in %d segments\n", progname, wal_pages, wal_segments);
+	}
+
 	strcpy(kr.state, BYOK_STATE_ENABLED);
 	if (!keyring_write(datadir, &kr, &err))
 		report_error_and_exit(&err);
@@ -895,12 +1041,161 @@ cmd_verify(void)
 			printf("%s: block %u: %s\n", f->path, f->segno * RELSEG_SIZE + blk, problem);
 		}
 	}
+	/* WAL: no plaintext page, every current page decrypts to a valid header */
+	{
+		int			nseg;
+		char	  **segs = list_wal_segments(&nseg);
+		uint64		wal_pages = 0;
+
+		for (int i = 0; i < nseg; i++)
+		{
+			char		path[MAXPGPATH];
+			int			fd;
+			TimeLineID	tli;
+			XLogSegNo	segno;
+			uint64		segstart;
+			PGAlignedXLogBlock page;
+			const char *problem = NULL;
+			off_t		off;
+
+			XLogFromFileName(segs[i], &tli, &segno, cf->xlog_seg_size);
+			XLogSegNoOffsetToRecPtr(segno, 0, cf->xlog_seg_size, segstart);
+			snprintf(path, sizeof(path), "%s/pg_wal/%s", datadir, segs[i]);
+			fd = open(path, O_RDONLY | PG_BINARY, 0);
+			if (fd < 0)
+				pg_fatal("could not open file \"%s\": %m", path);
+			for (off = 0; off < cf->xlog_seg_size; off += XLOG_BLCKSZ)
+			{
+				XLogPageHeader hdr = (XLogPageHeader) page.data;
+				uint64		clear_addr;
+
+				if (pg_pread(fd, page.data, XLOG_BLCKSZ, off) != XLOG_BLCKSZ)
+					break;
+				memcpy(&clear_addr, page.data + offsetof(XLogPageHeaderData, xlp_pageaddr),
+					   sizeof(clear_addr));
+				if (clear_addr != segstart + off)
+					continue;	/* zero, or left over from a recycled segment */
+				if (hdr->xlp_magic == XLOG_PAGE_MAGIC)
+				{
+					problem = "WAL page is stored in plaintext";
+					break;
+				}
+				wal_pages++;
+				if (byok_wal_page_decrypt(page.data, XLOG_BLCKSZ) != BYOK_WAL_PAGE_DECRYPTED ||
+					hdr->xlp_magic != XLOG_PAGE_MAGIC || hdr->xlp_tli == 0 ||
+					(hdr->xlp_info & ~XLP_ALL_FLAGS) != 0 ||
+					(off == 0 && (!(hdr->xlp_info & XLP_LONG_HEADER) ||
+								  ((XLogLongPageHeader) hdr)->xlp_sysid != cf->system_identifier)))
+				{
+					problem = "WAL page does not decrypt to a valid page header";
+					break;
+				}
+			}
+			close(fd);
+			if (problem != NULL)
+			{
+				bad_files++;
+				printf("pg_wal/%s: offset %lld: %s\n", segs[i], (long long) off, problem);
+			}
+		}
+		printf("%s: verified %d WAL segments, %llu WAL pages\n", progname, nseg,
+			   (unsigned long long) wal_pages);
+	}
+
 	printf("%s: verified %d files, %llu pages (%llu all-zero) in %.2f s: %d bad file%s%s\n",
 		   progname, list.n, (unsigned long long) pages, (unsigned long long) zero_pages,
 		   now_seconds() - start, bad_files, bad_files == 1 ? "" : "s",
 		   checksums ? "" : " (no data checksums: pages checked by their headers)");
 	if (bad_files > 0)
 		exit(1);
+}
+
+/* --- waldump ---------------------------------------------------------------- */
+
+/*
+ * Decrypt the WAL segments of DATADIR into a private temp directory and run
+ * pg_waldump on them; arguments after "--" go to pg_waldump (default: all
+ * segments, first to last).  The temp directory is removed afterwards.
+ */
+static int
+cmd_waldump(const char *argv0, int nargs, char **args)
+{
+	ControlFileData *cf = read_control_file();
+	ByokKeyring kr;
+	ByokError	err = {0};
+	bool		missing;
+	char		tmpdir[] = "/tmp/pg_byok_waldump.XXXXXX";
+	char		waldump[MAXPGPATH];
+	int			nseg;
+	char	  **segs;
+	char	  **cmd;
+	int			ncmd = 0;
+	int			status;
+	pid_t		pid;
+
+	if (!keyring_read(datadir, &kr, &missing, &err))
+		report_error_and_exit(&err);
+	load_keys(&kr, cf->system_identifier);
+	segs = list_wal_segments(&nseg);
+	if (nseg == 0)
+		pg_fatal("no WAL segments in \"%s/pg_wal\"", datadir);
+	if (mkdtemp(tmpdir) == NULL)
+		pg_fatal("could not create a temporary directory: %m");
+
+	for (int i = 0; i < nseg; i++)
+	{
+		char		in_path[MAXPGPATH];
+		char		out_path[MAXPGPATH];
+		int			in;
+		int			out;
+		PGAlignedXLogBlock page;
+		ssize_t		n;
+		off_t		off = 0;
+
+		snprintf(in_path, sizeof(in_path), "%s/pg_wal/%s", datadir, segs[i]);
+		snprintf(out_path, sizeof(out_path), "%s/%s", tmpdir, segs[i]);
+		in = open(in_path, O_RDONLY | PG_BINARY, 0);
+		out = open(out_path, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY, S_IRUSR | S_IWUSR);
+		if (in < 0 || out < 0)
+			pg_fatal("could not copy \"%s\": %m", in_path);
+		while ((n = pg_pread(in, page.data, XLOG_BLCKSZ, off)) > 0)
+		{
+			byok_wal_page_decrypt(page.data, n);
+			if (pg_pwrite(out, page.data, n, off) != n)
+				pg_fatal("could not write file \"%s\": %m", out_path);
+			off += n;
+		}
+		close(in);
+		close(out);
+	}
+
+	if (find_my_exec(argv0, waldump) < 0)
+		pg_fatal("could not find the pg_byok executable");
+	strcpy(strrchr(waldump, '/') + 1, "pg_waldump");
+	cmd = pg_malloc0((nargs + 6) * sizeof(char *));
+	cmd[ncmd++] = waldump;
+	cmd[ncmd++] = "-p";
+	cmd[ncmd++] = tmpdir;
+	if (nargs == 0)
+	{
+		cmd[ncmd++] = segs[0];
+		cmd[ncmd++] = segs[nseg - 1];
+	}
+	for (int i = 0; i < nargs; i++)
+		cmd[ncmd++] = args[i];
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0)
+	{
+		execv(waldump, cmd);
+		fprintf(stderr, "%s: could not run \"%s\": %s\n", progname, waldump, strerror(errno));
+		_exit(127);
+	}
+	if (pid < 0 || waitpid(pid, &status, 0) < 0)
+		pg_fatal("could not run \"%s\": %m", waldump);
+	if (!rmtree(tmpdir, true))
+		pg_log_warning("could not remove temporary directory \"%s\"", tmpdir);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
 }
 
 /* --- rekey ------------------------------------------------------------------ */
@@ -1093,7 +1388,7 @@ main(int argc, char *argv[])
 				exit(1);
 		}
 	}
-	if (optind < argc)
+	if (optind < argc && strcmp(cmd, "waldump") != 0)
 	{
 		pg_log_error("too many command-line arguments (first is \"%s\")", argv[optind]);
 		exit(1);
@@ -1121,6 +1416,8 @@ main(int argc, char *argv[])
 		cmd_verify();
 	else if (strcmp(cmd, "rekey") == 0)
 		cmd_rekey();
+	else if (strcmp(cmd, "waldump") == 0)
+		return cmd_waldump(argv[-1], argc - optind, argv + optind);
 	else
 	{
 		pg_log_error("unknown command \"%s\"", cmd);
