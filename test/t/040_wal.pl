@@ -57,8 +57,16 @@ is_deeply([ scan_at_rest($primary->backup_dir . '/bk_fetch', $marker) ], [],
 my @stream_hits = scan_at_rest($primary->backup_dir . '/bk_stream', $marker);
 ok(!grep({ !m{^pg_wal/} } @stream_hits),
 	'base backup with -X stream: relation files are ciphertext (only pg_wal may hold plaintext)');
-ok(scalar(grep({ m{^pg_wal/} } @stream_hits)) > 0,
-	'control: the -X stream backup\'s plaintext pg_wal does show the marker to the scanner');
+
+# control: on a stock cluster the same kind of write is readable in pg_wal
+{
+	my $stock = new_stock_node('stock');
+	$stock->start;
+	$stock->safe_psql('postgres', "CREATE TABLE t AS SELECT '$marker' AS v FROM generate_series(1, 10)");
+	$stock->stop;
+	ok(scalar(grep({ m{^pg_wal/} } scan_at_rest($stock->data_dir, $marker))) > 0,
+		'control: a stock cluster\'s pg_wal shows the marker to the scanner');
+}
 
 # --- standbys ----------------------------------------------------------------------
 my $s_stream = PostgreSQL::Test::Cluster->new('standby_stream');
