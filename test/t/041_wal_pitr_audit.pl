@@ -1,0 +1,124 @@
+# Encrypted WAL: point-in-time recovery from a base backup plus the archive
+# across a primary restart and a key rotation (Key Protect emulator), and a
+# keystream audit over a workload with clean restarts, crashes and a
+# promotion: no counter block is ever used for two different plaintexts and
+# no all-zero chunk is stored encrypted.
+use strict;
+use warnings;
+
+use Digest::SHA qw(sha256_hex);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use ByokTest;
+
+my $audit = "$PostgreSQL::Test::Utils::tmp_check/wal_audit.log";
+unlink $audit;
+$ENV{BYOK_TEST_WAL_AUDIT} = $audit;
+
+my $emu = start_emulator();
+my $key = kpctl($emu, 'create-key', '--name', 'pitr-root');
+my $kms = "\nbyok.key_crn = '$key->{crn}'\n"
+  . "byok.kms_endpoint = '$emu->{url}'\n"
+  . "byok.iam_endpoint = '$emu->{url}'\n"
+  . "byok.api_key_file = '$emu->{apikey_file}'\n"
+  . "byok.kms_ca_file = '$emu->{ca_file}'\n";
+
+my $primary = PostgreSQL::Test::Cluster->new('pitr_primary');
+$primary->init(allows_streaming => 1, has_archiving => 1);
+$primary->append_conf('postgresql.conf', $kms);
+my ($rc, $out, $err) = pg_byok('enable', '-D', $primary->data_dir);
+is($rc, 0, 'primary encrypted under the Key Protect key') or diag("$out\n$err");
+$primary->append_conf('postgresql.conf', "shared_preload_libraries = 'byok'\ncommit_delay = 0\n");
+$primary->start;
+$primary->safe_psql('postgres', 'CREATE EXTENSION byok; CREATE TABLE t (id int, batch text, at timestamptz DEFAULT clock_timestamp())');
+
+$primary->backup('base', backup_options => [ '-X', 'fetch' ]);
+
+sub batch
+{
+	my ($name, $from, $to) = @_;
+	# many small commits: the last WAL page is rewritten at every flush
+	for my $i ($from .. $to)
+	{
+		$primary->safe_psql('postgres', "INSERT INTO t (id, batch) VALUES ($i, '$name')");
+	}
+	$primary->safe_psql('postgres', "INSERT INTO t (id, batch) SELECT g, '$name bulk' FROM generate_series(1, 500) g");
+}
+
+batch('A', 1, 40);
+$primary->restart;                               # a new instance: new WAL salt
+batch('B', 41, 80);
+my $old_version = $primary->safe_psql('postgres', 'SELECT key_version FROM byok_status()');
+my $new_version = $primary->safe_psql('postgres', 'SELECT byok_rotate_key()');
+isnt($new_version, $old_version, 'key rotated between the batches');
+$primary->stop('immediate');                     # a crash: recovery, then a new salt
+$primary->start;
+batch('C', 81, 120);
+my $target = $primary->safe_psql('postgres', 'SELECT clock_timestamp()');
+$primary->safe_psql('postgres', 'SELECT pg_sleep(0.2)');
+batch('D', 121, 160);
+my $expected = $primary->safe_psql('postgres',
+	"SELECT count(*) FROM t WHERE at <= '$target'");
+is($expected, 120 + 3 * 500, 'rows up to the target: batches A, B and C');
+
+my $last_seg = $primary->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
+$primary->safe_psql('postgres', 'SELECT pg_switch_wal()');
+$primary->poll_query_until('postgres', "SELECT last_archived_wal >= '$last_seg' FROM pg_stat_archiver")
+  or die 'archiving did not catch up';
+
+# --- PITR into a fresh data directory ---------------------------------------------
+my $restored = PostgreSQL::Test::Cluster->new('pitr_restored');
+$restored->init_from_backup($primary, 'base', has_restoring => 1);
+$restored->append_conf('postgresql.conf',
+	"recovery_target_time = '$target'\nrecovery_target_action = 'promote'\n");
+$restored->start;
+$restored->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()')
+  or die 'PITR did not finish';
+is($restored->safe_psql('postgres', 'SELECT count(*) FROM t'), $expected,
+	'PITR across a restart, a rotation and a crash: every row up to the target');
+is($restored->safe_psql('postgres', "SELECT count(*) FROM t WHERE batch LIKE 'D%'"), '0',
+	'and none after it');
+is($restored->safe_psql('postgres', "SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM t"),
+	'A,A bulk,B,B bulk,C,C bulk', 'all batches before the target are there');
+$restored->safe_psql('postgres', "INSERT INTO t (id, batch) VALUES (0, 'after PITR')");
+$restored->stop('immediate');                    # and a crash on the new timeline
+$restored->start;
+is($restored->safe_psql('postgres', "SELECT count(*) FROM t WHERE batch = 'after PITR'"), '1',
+	'restored cluster writes on its new timeline and survives a crash');
+$restored->stop;
+$primary->stop;
+
+# --- the keystream audit -------------------------------------------------------------
+my %plain_of;                # "salt version address" -> digest
+my ($chunks, $reused, $zero_encrypted, $zero_chunks) = (0, 0, 0, 0);
+my $zero_digest = substr(sha256_hex("\0" x 16), 0, 16);
+my %salts;
+open(my $fh, '<', $audit) or die "no audit log: $!";
+while (my $line = <$fh>)
+{
+	my ($salt, $version, $addr, $stored_zero, $digest) = split ' ', $line;
+	$chunks++;
+	$salts{$salt} = 1;
+	my $counter = "$salt $version $addr";
+	if (exists $plain_of{$counter} && $plain_of{$counter} ne $digest)
+	{
+		$reused++;
+		diag("counter block $counter used for two plaintexts") if $reused <= 5;
+	}
+	$plain_of{$counter} //= $digest;
+	if ($digest eq $zero_digest)
+	{
+		$zero_chunks++;
+		$zero_encrypted++ unless $stored_zero;
+	}
+}
+close $fh;
+cmp_ok($chunks, '>', 100_000, "audit saw $chunks WAL chunks written");
+cmp_ok(scalar(keys %salts), '>=', 4, scalar(keys %salts) . ' instance salts (restarts, crash, recovery)');
+is($reused, 0, 'no counter block used with two different plaintexts');
+cmp_ok($zero_chunks, '>', 0, "$zero_chunks all-zero chunks written");
+is($zero_encrypted, 0, 'no all-zero plaintext chunk stored encrypted');
+
+stop_emulator($emu);
+done_testing();
