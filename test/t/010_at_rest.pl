@@ -28,8 +28,7 @@ note "marker: $marker";
 # else -- in particular every relation file under base/, global/ and
 # pg_tblspc/ -- must be clean.
 my @exclude = (
-	# WAL encryption is covered by the next issue and its own tests.
-	qr{^pg_wal/},
+	# (pg_wal/ is scanned: WAL segments are encrypted too.)
 	# Temporary files (sorts, hashes, spill files) are a later milestone
 	# (DESIGN.md section 1); they live in pgsql_tmp in the default
 	# tablespace and in every other one.  Temporary *tables* are relation
@@ -212,6 +211,8 @@ for my $label (sort keys %$stock_path)
 	ok(scalar(@h) > 0,
 		"control: marker found on the stock node in $label ($stock_path->{$label})");
 }
+ok(scalar(grep { m{^pg_wal/} } @stock_hits_stopped) > 0,
+	'control: marker found in the stock node\'s WAL');
 my @stock_ts_hits = scan_at_rest($stock_ts, $marker);
 ok(scalar(@stock_ts_hits) > 0,
 	'control: marker found in the stock node\'s tablespace directory');
@@ -219,7 +220,7 @@ ok(scalar(@stock_ts_hits) > 0,
 # ---------------------------------------------------------------------
 # The encrypted node.
 # ---------------------------------------------------------------------
-my $node = new_encrypted_node('enc');
+my $node = new_encrypted_node('enc', has_archiving => 1, allows_streaming => 1);
 $node->start;
 my $enc_ts = "$PostgreSQL::Test::Utils::tmp_check/enc_ts";
 my ($bg, $path) = run_workload($node, $enc_ts);
@@ -239,6 +240,16 @@ sub check_clean
 	  or diag("hits:\n" . join("\n", @ts_hits));
 	return;
 }
+
+# Push the WAL of the workload into the archive as well.
+my $last_seg = $node->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
+$node->safe_psql('postgres', 'SELECT pg_switch_wal(); CHECKPOINT;');
+$node->poll_query_until('postgres', "SELECT last_archived_wal >= '$last_seg' FROM pg_stat_archiver")
+  or die 'archiving did not catch up';
+my @archived = glob($node->archive_dir . '/0*');
+ok(@archived > 0, 'encrypted node: ' . scalar(@archived) . ' WAL segments archived');
+is_deeply([ scan_at_rest($node->archive_dir, $marker) ], [],
+	'encrypted node: marker in no archived WAL segment');
 
 # The first scan runs while the session with the temporary table is open.
 check_clean('running');

@@ -164,7 +164,7 @@ cmp_ok($total_hist, '>', 100,
 $node->safe_psql('postgres', 'CHECKPOINT');
 $node->stop;
 my @hits = scan_at_rest($node->data_dir, $marker,
-	exclude => [ qr{^pg_wal/}, qr{(^|/)pgsql_tmp/}, qr{^pg_stat(_tmp)?/} ]);
+	exclude => [ qr{(^|/)pgsql_tmp/}, qr{^pg_stat(_tmp)?/} ]);
 is_deeply(\@hits, [], 'marker is in no relation file after the crashes');
 
 my ($rc, $stdout, $stderr) = pg_byok('verify', '-D', $node->data_dir);

@@ -72,8 +72,7 @@ sub read_bytes
 	return $buf;
 }
 
-my @scan_exclude =
-  (qr{^pg_wal/}, qr{(^|/)pgsql_tmp/}, qr{^pg_stat(_tmp)?/});
+my @scan_exclude = (qr{(^|/)pgsql_tmp/}, qr{^pg_stat(_tmp)?/});
 
 # A workload that puts a marker into a table, its index, its TOAST table, and
 # its FSM and VM forks, then checkpoints.  Returns the table's file path
