@@ -349,10 +349,10 @@ fi
 info "grep -r -c over base/ ($nfiles files): no file contains the marker"
 wal_hits=$(marker_files "$pgdata" pg_wal)
 if [[ -n $wal_hits ]]; then
-	info "pg_wal/: the marker is visible in: $(echo "$wal_hits" | tr '\n' ' ')"
-else
-	info "pg_wal/: no WAL segment contains the marker either"
+	printf '%s\n' "$wal_hits" | indent
+	fail "the marker is readable in WAL segments of the encrypted cluster"
 fi
+info "grep -r -c over pg_wal/ ($(find "$pgdata/pg_wal" -maxdepth 1 -type f | wc -l) files): no WAL segment contains the marker either"
 
 # ---------------------------------------------------------------------------
 step "Key status and rotation" "byok_status() reads the key's state; byok_rotate_key() rotates the root key in Key Protect and rewraps the keyring under the new version."
@@ -394,10 +394,10 @@ server_conf "$port_stock" | as_user tee -a "$stock/postgresql.conf" >/dev/null
 as_user pg_ctl -D "$stock" -l "$work/pg_stock.log" -w start >/dev/null ||
 	{ tail -n 30 "$work/pg_stock.log" >&2; fail "the stock cluster did not start"; }
 as_user psql -X -q -v ON_ERROR_STOP=1 -h "$sockdir" -p "$port_stock" -d postgres -c "$workload"
-hits=$(marker_files "$stock" base)
+hits=$(marker_files "$stock" base; marker_files "$stock" pg_wal)
 [[ -n $hits ]] || fail "the marker was not found on the stock cluster: the comparison proves nothing"
 printf '%s\n' "$hits" | indent
-info "grep -r -c over base/ (file:matching lines): the marker is in plain sight in the stock cluster's files"
+info "grep -r -c over base/ and pg_wal/ (file:matching lines): the marker is in plain sight in the stock cluster's files"
 
 # ---------------------------------------------------------------------------
 step "Stop everything and clean up"
