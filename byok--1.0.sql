@@ -25,7 +25,12 @@ CREATE FUNCTION byok_status(
     OUT root_key_file text,
     OUT last_kms_contact timestamptz,
     OUT last_error text,
-    OUT keyring_created text)
+    OUT keyring_created text,
+    OUT kms_status text,
+    OUT degraded_since timestamptz,
+    OUT synced_at timestamptz,
+    OUT watchdog_pid integer,
+    OUT watchdog_started timestamptz)
 RETURNS record
 AS 'MODULE_PATHNAME', 'byok_status'
 LANGUAGE C STRICT PARALLEL SAFE;

@@ -55,17 +55,6 @@ PG_FUNCTION_INFO_V1(byok_rotate_key);
 PG_FUNCTION_INFO_V1(byok_rewrap);
 PG_FUNCTION_INFO_V1(byok_key_associations);
 
-/* Key state shared by all processes; keyring updates serialise on lock. */
-typedef struct ByokSharedState
-{
-	LWLock	   *lock;
-	char		key_version[128];
-	int			key_state;		/* Key Protect state, -1 unknown */
-	TimestampTz last_contact;	/* last successful Key Protect answer */
-	TimestampTz last_error_at;
-	char		last_error[512];
-} ByokSharedState;
-
 /* GUC variables. */
 static char *byok_root_key_file = NULL;
 static char *byok_key_crn = NULL;
@@ -76,6 +65,8 @@ static char *byok_api_key_file = NULL;
 static char *byok_kms_ca_file = NULL;
 static int	byok_kms_timeout = 30;
 static int	byok_kms_max_retries = 4;
+int			byok_kms_poll_interval = 60;
+int			byok_lock_when_unreachable_for = 0;
 
 /* A byok.key_crn rejected while preloading, reported by _PG_init. */
 static ByokError startup_crn_error;
@@ -88,7 +79,9 @@ static TimestampTz startup_contact = 0;
 static uint32 wal_first_version = 1;
 
 /* Pointer to shared state. */
-static ByokSharedState *shared = NULL;
+ByokSharedState *byok_shared = NULL;
+
+#define shared byok_shared
 
 /* Saved hook values. */
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
@@ -181,12 +174,22 @@ _PG_init(void)
 							"Retries of a Key Protect request after a transient failure.",
 							NULL, &byok_kms_max_retries, 4, 0, 10, PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("byok.kms_poll_interval",
+							"How often the key watchdog asks Key Protect about the key.",
+							NULL, &byok_kms_poll_interval, 60, 1, 86400, PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("byok.lock_when_unreachable_for",
+							"Lock the cluster when Key Protect has not answered for this long (0: never).",
+							NULL, &byok_lock_when_unreachable_for, 0, 0, 30 * 86400, PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
 	MarkGUCPrefixReserved("byok");
 
 	if (startup_crn_invalid)
 		byok_report(FATAL, ERRCODE_INVALID_PARAMETER_VALUE, &startup_crn_error);
 
 	byok_startup();
+	if (strcmp(startup_keyring.provider, BYOK_PROVIDER_KEYPROTECT) == 0)
+		byok_watchdog_register();
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = byok_shmem_request;
@@ -227,8 +230,8 @@ check_key_crn(char **newval, void **extra, GucSource source)
 }
 
 /* The root key as configured in this process's GUCs. */
-static void
-root_key_from_gucs(const ByokKeyring *kr, ByokRootKey *root)
+void
+byok_root_key_from_gucs(const ByokKeyring *kr, ByokRootKey *root)
 {
 	memset(root, 0, sizeof(*root));
 	strlcpy(root->provider, byok_key_crn[0] ? BYOK_PROVIDER_KEYPROTECT : BYOK_PROVIDER_LOCAL,
@@ -259,6 +262,8 @@ byok_startup(void)
 	bool		changed = false;
 	uint8_t		material[BYOK_KEY_LEN];
 	ByokRootKey root;
+	ByokLock	lock;
+	bool		locked;
 	uint64		sysid = GetSystemIdentifier();
 
 	if (!fullPageWrites)
@@ -297,11 +302,32 @@ byok_startup(void)
 						   (unsigned long long) sysid),
 				 errhint("Put back this cluster's own byok/keyring.")));
 
-	root_key_from_gucs(kr, &root);
+	byok_root_key_from_gucs(kr, &root);
+	locked = lock_read(".", &lock);
 	if (!provider_unwrap(kr, &root, material, &changed, &err))
 	{
 		byok_wipe(material, sizeof(material));
+		if (locked)
+			ereport(FATAL,
+					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+					 errmsg("cluster is locked: %s", lock.reason),
+					 errdetail("Locked at %s by the byok key watchdog; key %s, version %s; Key Protect answered: %s. "
+							   "It still refuses: %s %s",
+							   lock.locked_at, lock.key_crn, lock.key_version, lock.kms_answer,
+							   err.msg, err.detail),
+					 errhint("Committed data is intact. Enable the key in Key Protect, or restore it within Key Protect's "
+							 "30-day window after a deletion, then start the server: crash recovery brings everything back.")));
 		byok_report(FATAL, ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, &err);
+	}
+	if (locked)
+	{
+		if (!lock_remove(".", &err))
+			byok_report(FATAL, ERRCODE_IO_ERROR, &err);
+		byok_audit("byok.unlock", kr->key_crn, kr->key_version, "", true, 0,
+				   psprintf("the key is usable again; locked at %s: %s", lock.locked_at, lock.reason));
+		ereport(LOG,
+				(errmsg("byok: cluster unlocked: the Key Protect key is usable again"),
+				 errdetail("It was locked at %s: %s.", lock.locked_at, lock.reason)));
 	}
 	if (strcmp(kr->provider, BYOK_PROVIDER_KEYPROTECT) == 0)
 		startup_contact = GetCurrentTimestamp();
@@ -395,13 +421,14 @@ byok_shmem_startup(void)
 		strlcpy(shared->key_version, startup_keyring.key_version, sizeof(shared->key_version));
 		shared->key_state = startup_contact ? 1 : -1;
 		shared->last_contact = startup_contact;
+		shared->health = startup_contact ? BYOK_KMS_OK : BYOK_KMS_UNKNOWN;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
 
 /* Record the outcome of a Key Protect call for byok_status(). */
-static void
-note_kms_outcome(bool ok, const ByokError *err, int key_state)
+void
+byok_note_kms_outcome(bool ok, const ByokError *err, int key_state)
 {
 	if (shared == NULL)
 		return;
@@ -439,8 +466,14 @@ Datum
 byok_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[17];
-	bool		nulls[17] = {0};
+	Datum		values[22];
+	bool		nulls[22] = {0};
+	ByokKmsHealth health = BYOK_KMS_UNKNOWN;
+	TimestampTz degraded_since = 0;
+	TimestampTz synced_at = 0;
+	int			watchdog_pid = 0;
+	TimestampTz watchdog_started = 0;
+	static const char *const health_names[] = {"unknown", "ok", "degraded", "locked"};
 	ByokPageStats stats;
 	ByokKeyring *kr = &startup_keyring;
 	ByokRootKey root;
@@ -456,7 +489,7 @@ byok_status(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	byok_smgr_stats(&stats);
-	root_key_from_gucs(kr, &root);
+	byok_root_key_from_gucs(kr, &root);
 	if (root.kms.key_crn[0] != '\0' && !kms_endpoint_url(&root.kms, endpoint, sizeof(endpoint), &err))
 		endpoint[0] = '\0';
 
@@ -469,6 +502,11 @@ byok_status(PG_FUNCTION_ARGS)
 		last_contact = shared->last_contact;
 		last_error_at = shared->last_error_at;
 		strlcpy(last_error, shared->last_error, sizeof(last_error));
+		health = shared->health;
+		degraded_since = shared->degraded_since;
+		synced_at = shared->synced_at;
+		watchdog_pid = shared->watchdog_pid;
+		watchdog_started = shared->watchdog_started;
 		LWLockRelease(shared->lock);
 	}
 
@@ -498,6 +536,19 @@ byok_status(PG_FUNCTION_ARGS)
 							 &nulls[i]);
 	i++;
 	values[i++] = CStringGetTextDatum(kr->created);
+	if (strcmp(kr->provider, BYOK_PROVIDER_KEYPROTECT) == 0)
+		values[i] = CStringGetTextDatum(health_names[health]);
+	else
+		nulls[i] = true;
+	i++;
+	values[i] = TimestampTzGetDatum(degraded_since);
+	nulls[i++] = (health != BYOK_KMS_DEGRADED || degraded_since == 0);
+	values[i] = TimestampTzGetDatum(synced_at);
+	nulls[i++] = (synced_at == 0);
+	values[i] = Int32GetDatum(watchdog_pid);
+	nulls[i++] = (watchdog_pid == 0);
+	values[i] = TimestampTzGetDatum(watchdog_started);
+	nulls[i++] = (watchdog_started == 0);
 	Assert(i == lengthof(values));
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
@@ -539,7 +590,7 @@ byok_verify_key(PG_FUNCTION_ARGS)
 	LWLockAcquire(shared->lock, LW_SHARED);
 	read_current_keyring(&kr);
 	LWLockRelease(shared->lock);
-	root_key_from_gucs(&kr, &root);
+	byok_root_key_from_gucs(&kr, &root);
 
 	ok = provider_unwrap(&kr, &root, material, &changed, &err);
 	if (ok && !byok_crypto_material_equals(material))
@@ -559,7 +610,7 @@ byok_verify_key(PG_FUNCTION_ARGS)
 			key_state = info.state;
 	}
 	if (strcmp(kr.provider, BYOK_PROVIDER_KEYPROTECT) == 0)
-		note_kms_outcome(ok, &err, key_state);
+		byok_note_kms_outcome(ok, &err, key_state);
 	message = ok ? "ok" : psprintf("%s%s%s", err.msg, err.detail[0] ? ": " : "", err.detail);
 	byok_audit("byok.verify", kr.key_crn, kr.key_version, "", ok, 0, ok ? NULL : err.msg);
 
@@ -571,8 +622,8 @@ byok_verify_key(PG_FUNCTION_ARGS)
 }
 
 /* Rewrap the keyring under the key's latest version; returns it. */
-static char *
-rewrap_keyring(const char *reason)
+char *
+byok_rewrap_keyring(const char *reason)
 {
 	ByokKeyring kr;
 	ByokRootKey root;
@@ -581,11 +632,11 @@ rewrap_keyring(const char *reason)
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	read_current_keyring(&kr);
-	root_key_from_gucs(&kr, &root);
+	byok_root_key_from_gucs(&kr, &root);
 	if (!provider_rewrap(&kr, &root, reason, &err))
 	{
 		LWLockRelease(shared->lock);
-		note_kms_outcome(false, &err, -1);
+		byok_note_kms_outcome(false, &err, -1);
 		byok_report(ERROR, ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, &err);
 	}
 	if (!keyring_write(DataDir, &kr, &err))
@@ -617,17 +668,17 @@ byok_rotate_key(PG_FUNCTION_ARGS)
 	bool		ok;
 
 	require_keyprotect();
-	root_key_from_gucs(&startup_keyring, &root);
+	byok_root_key_from_gucs(&startup_keyring, &root);
 	ok = kms_rotate(&root.kms, &res);
 	byok_audit("byok.kms.rotate", root.kms.key_crn, "", res.correlation_id, ok,
 			   res.duration_ms, ok ? NULL : res.message);
 	if (!ok)
 	{
 		kms_describe_failure(&root.kms, "rotate the key", &res, &err);
-		note_kms_outcome(false, &err, -1);
+		byok_note_kms_outcome(false, &err, -1);
 		byok_report(ERROR, sqlstate_for_kms(res.status), &err);
 	}
-	PG_RETURN_TEXT_P(cstring_to_text(rewrap_keyring("rotation requested with byok_rotate_key()")));
+	PG_RETURN_TEXT_P(cstring_to_text(byok_rewrap_keyring("rotation requested with byok_rotate_key()")));
 }
 
 /* byok_rewrap(): rewrap under the key's latest version, no rotation. */
@@ -635,7 +686,7 @@ Datum
 byok_rewrap(PG_FUNCTION_ARGS)
 {
 	require_keyprotect();
-	PG_RETURN_TEXT_P(cstring_to_text(rewrap_keyring("rewrap requested with byok_rewrap()")));
+	PG_RETURN_TEXT_P(cstring_to_text(byok_rewrap_keyring("rewrap requested with byok_rewrap()")));
 }
 
 /*
@@ -655,7 +706,7 @@ byok_key_associations(PG_FUNCTION_ARGS)
 	LWLockAcquire(shared->lock, LW_SHARED);
 	read_current_keyring(&kr);
 	LWLockRelease(shared->lock);
-	root_key_from_gucs(&kr, &root);
+	byok_root_key_from_gucs(&kr, &root);
 
 	if (strcmp(kr.provider, BYOK_PROVIDER_KEYPROTECT) == 0)
 	{
@@ -667,10 +718,10 @@ byok_key_associations(PG_FUNCTION_ARGS)
 		if (!kms_list_registrations(&root.kms, &regs, &nregs, &res))
 		{
 			kms_describe_failure(&root.kms, "list the key's registrations", &res, &err);
-			note_kms_outcome(false, &err, -1);
+			byok_note_kms_outcome(false, &err, -1);
 			byok_report(ERROR, sqlstate_for_kms(res.status), &err);
 		}
-		note_kms_outcome(true, NULL, -1);
+		byok_note_kms_outcome(true, NULL, -1);
 		for (int n = 0; n < nregs; n++)
 		{
 			memset(nulls, 0, sizeof(nulls));

@@ -605,3 +605,92 @@ local_unwrap(const uint8_t root[BYOK_KEY_LEN], uint64_t sysid,
 	return byok_gcm_unwrap(root, (const uint8_t *) aad, strlen(aad), blob, n,
 						   material);
 }
+
+/* --- the lock file ---------------------------------------------------------- */
+
+static void
+lock_field(char *dst, size_t len, const char *value)
+{
+	/* one line per field: no newlines inside values */
+	snprintf(dst, len, "%s", value);
+	for (char *p = dst; *p; p++)
+		if (*p == '\n' || *p == '\r')
+			*p = ' ';
+}
+
+bool
+lock_write(const char *datadir, const ByokLock *lock, ByokError *err)
+{
+	char		path[MAXPGPATH];
+	char		tmp[MAXPGPATH];
+	char		buf[4096];
+	ByokLock	l;
+	int			len;
+
+	lock_field(l.reason, sizeof(l.reason), lock->reason);
+	lock_field(l.key_crn, sizeof(l.key_crn), lock->key_crn);
+	lock_field(l.key_version, sizeof(l.key_version), lock->key_version);
+	lock_field(l.locked_at, sizeof(l.locked_at), lock->locked_at);
+	lock_field(l.kms_answer, sizeof(l.kms_answer), lock->kms_answer);
+	snprintf(path, sizeof(path), "%s/%s", datadir, BYOK_LOCK_FILE);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	len = snprintf(buf, sizeof(buf),
+				   "# byok lock: the cluster is locked because its key is unusable.\n"
+				   "reason = %s\nkey_crn = %s\nkey_version = %s\nlocked_at = %s\nkms_answer = %s\n",
+				   l.reason, l.key_crn, l.key_version, l.locked_at, l.kms_answer);
+	return write_new_file(tmp, buf, Min(len, (int) sizeof(buf) - 1), false, err) &&
+		byok_durable_rename(tmp, path, err);
+}
+
+bool
+lock_read(const char *datadir, ByokLock *lock)
+{
+	char		path[MAXPGPATH];
+	char		line[2048];
+	FILE	   *fp;
+
+	memset(lock, 0, sizeof(*lock));
+	snprintf(path, sizeof(path), "%s/%s", datadir, BYOK_LOCK_FILE);
+	fp = fopen(path, "r");
+	if (fp == NULL)
+		return false;
+	while (fgets(line, sizeof(line), fp) != NULL)
+	{
+		char	   *eq = strstr(line, " = ");
+		char	   *value;
+
+		if (line[0] == '#' || eq == NULL)
+			continue;
+		*eq = '\0';
+		value = eq + 3;
+		value[strcspn(value, "\n")] = '\0';
+		if (strcmp(line, "reason") == 0)
+			snprintf(lock->reason, sizeof(lock->reason), "%s", value);
+		else if (strcmp(line, "key_crn") == 0)
+			snprintf(lock->key_crn, sizeof(lock->key_crn), "%s", value);
+		else if (strcmp(line, "key_version") == 0)
+			snprintf(lock->key_version, sizeof(lock->key_version), "%s", value);
+		else if (strcmp(line, "locked_at") == 0)
+			snprintf(lock->locked_at, sizeof(lock->locked_at), "%s", value);
+		else if (strcmp(line, "kms_answer") == 0)
+			snprintf(lock->kms_answer, sizeof(lock->kms_answer), "%s", value);
+	}
+	fclose(fp);
+	return true;
+}
+
+bool
+lock_remove(const char *datadir, ByokError *err)
+{
+	char		path[MAXPGPATH];
+	char		dir[MAXPGPATH];
+
+	snprintf(path, sizeof(path), "%s/%s", datadir, BYOK_LOCK_FILE);
+	snprintf(dir, sizeof(dir), "%s/%s", datadir, BYOK_DIR);
+	if (unlink(path) != 0 && errno != ENOENT)
+	{
+		byok_error_set(err, NULL, NULL, "could not remove file \"%s\": %m", path);
+		return false;
+	}
+	return byok_fsync_path(dir, true, err);
+}

@@ -74,6 +74,27 @@ extern bool local_wrap(const uint8_t root[BYOK_KEY_LEN], uint64_t sysid,
 extern bool local_unwrap(const uint8_t root[BYOK_KEY_LEN], uint64_t sysid,
 						 const char *b64in, uint8_t material[BYOK_KEY_LEN]);
 
+/*
+ * The lock file (byok/lock): written by the key watchdog when the Key
+ * Protect key becomes unusable, read at start-up and by pg_byok status.
+ * Holds no secret.
+ */
+#define BYOK_LOCK_FILE			"byok/lock"
+
+typedef struct ByokLock
+{
+	char		reason[512];
+	char		key_crn[BYOK_MAX_TEXT];
+	char		key_version[128];
+	char		locked_at[64];
+	char		kms_answer[1024];
+} ByokLock;
+
+extern bool lock_write(const char *datadir, const ByokLock *lock, ByokError *err);
+/* true if a lock file exists (and was read into *lock) */
+extern bool lock_read(const char *datadir, ByokLock *lock);
+extern bool lock_remove(const char *datadir, ByokError *err);
+
 /* Durable file helpers (also used by pg_byok enable). */
 extern bool byok_fsync_path(const char *path, bool isdir, ByokError *err);
 extern bool byok_durable_rename(const char *from, const char *to, ByokError *err);

@@ -917,6 +917,7 @@ cmd_enable(void)
 static void
 cmd_status(void)
 {
+	ByokLock	lock;
 	ByokKeyring kr;
 	ByokError	err = {0};
 	bool		missing;
@@ -933,6 +934,15 @@ cmd_status(void)
 		report_error_and_exit(&err);
 	}
 	snprintf(jpath, sizeof(jpath), "%s/%s", datadir, ENABLE_JOURNAL);
+	if (lock_read(datadir, &lock))
+	{
+		printf("state:               LOCKED since %s\n", lock.locked_at);
+		printf("lock reason:         %s\n", lock.reason);
+		printf("lock key:            %s (version %s)\n", lock.key_crn, lock.key_version);
+		printf("Key Protect said:    %s\n", lock.kms_answer);
+		printf("to unlock:           enable the key in Key Protect, or restore it within 30 days of its\n"
+			   "                     deletion, then start the server (it checks the key and unlocks)\n");
+	}
 	printf("encryption:          %s\n",
 		   strcmp(kr.state, BYOK_STATE_ENABLED) == 0 ? "on" : "incomplete (pg_byok enable was interrupted)");
 	printf("keyring state:       %s\n", kr.state);
