@@ -312,7 +312,7 @@ byok_startup(void)
 					(errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
 					 errmsg("cluster is locked: %s", lock.reason),
 					 errdetail("Locked at %s by the byok key watchdog; key %s, version %s; Key Protect answered: %s. "
-							   "It still refuses: %s %s",
+							   "It still refuses: %s. %s",
 							   lock.locked_at, lock.key_crn, lock.key_version, lock.kms_answer,
 							   err.msg, err.detail),
 					 errhint("Committed data is intact. Enable the key in Key Protect, or restore it within Key Protect's "

@@ -113,15 +113,18 @@ command_ok([ 'pgbench', '-i', '-s', '1', '-q', '-h', $node->host, '-p', $node->p
 	'pgbench -i');
 
 my $committed_file = "$PostgreSQL::Test::Utils::tmp_check/committed.txt";
+my $load_round = 0;
 sub start_load
 {
 	unlink $committed_file;
+	my $first = 100_000 * ++$load_round;
+	my $last = $first + 99_999;
 	my $h = $node->host;
 	my $p = $node->port;
 	my $writer = IPC::Run::start(
 		[
 			'bash', '-c',
-			"for i in \$(seq 1 100000); do psql -X -q -h '$h' -p $p -d postgres -c \"INSERT INTO committed VALUES (\$i)\" "
+			"for i in \$(seq $first $last); do psql -X -q -h '$h' -p $p -d postgres -c \"INSERT INTO committed VALUES (\$i)\" "
 			  . ">/dev/null 2>&1 && echo \$i >> '$committed_file'; done"
 		]);
 	my $bench = IPC::Run::start(
