@@ -9,7 +9,9 @@
 # Protect root key with pg_byok, starts it with byok preloaded, writes a
 # marker string into a table and shows that the marker is in no relation
 # file on disk; shows the key status, rotates the key and restarts; shows
-# the server refusing to start with a wrong API key; and, for contrast,
+# the server refusing to start with a wrong API key; shows the key watchdog
+# syncing a rotation done in Key Protect, locking the cluster when the key
+# is deleted and bringing the data back when it is restored; and, for contrast,
 # finds the marker in plain sight on a stock cluster.  Everything runs as
 # the unprivileged user "byoktest" in a temporary directory that is removed
 # at the end; the Debian cluster 15/main is left alone.  No secret is ever
@@ -294,6 +296,7 @@ byok.iam_endpoint = '${iam_url%/identity/token}'
 byok.api_key_file = '$apikey_file'
 byok.kms_ca_file = '$ca_file'
 byok.kms_max_retries = 1
+byok.kms_poll_interval = 1
 EOF
 }
 {
@@ -383,6 +386,44 @@ echo "byok.api_key_file = '$apikey_file'" | as_user tee -a "$pgdata/postgresql.c
 as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null ||
 	{ tail -n 30 "$work/pg_encrypted.log" >&2; fail "the server did not start with the right API key"; }
 info "right API key back: started, $(psql_enc -A -t -c "SELECT count(*) || ' rows' FROM demo_secret")"
+
+# ---------------------------------------------------------------------------
+step "The key watchdog follows the key's life" "Key Protect rotates the key by itself; the watchdog (polling every second here) syncs it; then the key is deleted: the cluster locks; the key is restored: the data comes back."
+# ---------------------------------------------------------------------------
+kpctl() { as_user python3 "$work/kms/kpemu.py" ctl --state-dir "$emu" "$@"; }
+key_uuid=${key_crn##*:}
+before=$(psql_enc -A -t -c "SELECT key_version FROM byok_status()")
+kpctl rotate "$key_uuid" >/dev/null || fail "rotation in the emulator failed"
+for _ in $(seq 1 50); do
+	now=$(psql_enc -A -t -c "SELECT key_version FROM byok_status()")
+	[[ $now != "$before" ]] && break
+	sleep 0.1
+done
+[[ $now != "$before" ]] || fail "the watchdog did not sync the rotation"
+grep -E 'syncing KMS state: key' "$work/pg_encrypted.log" | tail -1 | sed 's/^[^]]*] //' | cut -c1-200 | indent
+info "rotated in Key Protect: the watchdog rewrapped the keyring under $now"
+
+rows_before=$(psql_enc -A -t -c "SELECT count(*) FROM demo_secret")
+pm_pid=$(head -1 "$pgdata/postmaster.pid")
+kpctl delete "$key_uuid" --force >/dev/null || fail "deleting the key in the emulator failed"
+for _ in $(seq 1 100); do kill -0 "$pm_pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$pm_pid" 2>/dev/null && fail "the cluster did not lock after the key was deleted"
+grep -E 'LOCKED' "$work/pg_encrypted.log" | tail -1 | sed 's/^[^]]*] //' | cut -c1-200 | indent
+info "key deleted in Key Protect: the cluster locked (immediate shutdown, no process left)"
+as_user pg_byok status -D "$pgdata" 2>&1 | head -2 | indent
+logsize=$(stat -c %s "$work/pg_encrypted.log")
+if as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null 2>&1; then
+	fail "the server started while its key is deleted"
+fi
+tail -c +"$((logsize + 1))" "$work/pg_encrypted.log" | grep -E 'FATAL|HINT' | sed 's/^[^]]*] //' | cut -c1-200 | indent
+kpctl advance-clock 31 >/dev/null
+kpctl restore "$key_uuid" >/dev/null || fail "restoring the key in the emulator failed"
+as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null ||
+	{ tail -n 30 "$work/pg_encrypted.log" >&2; fail "the server did not start after the key was restored"; }
+grep -E 'cluster unlocked' "$work/pg_encrypted.log" | tail -1 | sed 's/^[^]]*] //' | indent
+rows_after=$(psql_enc -A -t -c "SELECT count(*) FROM demo_secret")
+[[ $rows_after == "$rows_before" ]] || fail "rows before the lock: $rows_before, after: $rows_after"
+info "key restored: unlocked, crash recovery ran, all $rows_after rows are back"
 
 # ---------------------------------------------------------------------------
 step "For contrast: the same on a stock cluster" "No byok, port $port_stock."
