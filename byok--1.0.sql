@@ -30,7 +30,10 @@ CREATE FUNCTION byok_status(
     OUT degraded_since timestamptz,
     OUT synced_at timestamptz,
     OUT watchdog_pid integer,
-    OUT watchdog_started timestamptz)
+    OUT watchdog_started timestamptz,
+    OUT backup_key_crn text,
+    OUT backup_key_version text,
+    OUT backup_key_state text)
 RETURNS record
 AS 'MODULE_PATHNAME', 'byok_status'
 LANGUAGE C STRICT PARALLEL SAFE;

@@ -66,6 +66,7 @@ static char *byok_kms_ca_file = NULL;
 static int	byok_kms_timeout = 30;
 static int	byok_kms_max_retries = 4;
 int			byok_kms_poll_interval = 60;
+char	   *byok_backup_key_crn = NULL;
 int			byok_lock_when_unreachable_for = 0;
 
 /* A byok.key_crn rejected while preloading, reported by _PG_init. */
@@ -146,6 +147,11 @@ _PG_init(void)
 							   "crn:v1:<cname>:<ctype>:kms:<region>:a/<account>:<instance>:key:<key-id>; empty means the local root key.",
 							   &byok_key_crn, "", PGC_POSTMASTER, 0,
 							   check_key_crn, NULL, NULL);
+	DefineCustomStringVariable("byok.backup_key_crn",
+							   "Full CRN of a second Key Protect key that wraps the key material for backups.",
+							   "Set, change or remove online (reload): the key watchdog updates the keyring.",
+							   &byok_backup_key_crn, "", PGC_SIGHUP, 0,
+							   check_key_crn, NULL, NULL);
 	DefineCustomStringVariable("byok.kms_endpoint",
 							   "Key Protect API endpoint; empty means derived from the key CRN's region.",
 							   NULL, &byok_kms_endpoint, "", PGC_POSTMASTER, 0,
@@ -188,8 +194,14 @@ _PG_init(void)
 		byok_report(FATAL, ERRCODE_INVALID_PARAMETER_VALUE, &startup_crn_error);
 
 	byok_startup();
-	if (strcmp(startup_keyring.provider, BYOK_PROVIDER_KEYPROTECT) == 0)
+	if (strcmp(startup_keyring.provider, BYOK_PROVIDER_KEYPROTECT) == 0 ||
+		byok_backup_key_crn[0] != '\0' || startup_keyring.backup_key_crn[0] != '\0')
 		byok_watchdog_register();
+	if (byok_backup_key_crn[0] != '\0' && strcmp(byok_backup_key_crn, startup_keyring.key_crn) == 0)
+		ereport(WARNING,
+				(errmsg("byok.backup_key_crn names the same key as byok.key_crn"),
+				 errdetail("Deleting that key shreds the cluster and every backup together; a backup key exists to outlive the disk key."),
+				 errhint("Create a separate Key Protect key for backups.")));
 
 	prev_shmem_request_hook = shmem_request_hook;
 	shmem_request_hook = byok_shmem_request;
@@ -422,6 +434,9 @@ byok_shmem_startup(void)
 		shared->key_state = startup_contact ? 1 : -1;
 		shared->last_contact = startup_contact;
 		shared->health = startup_contact ? BYOK_KMS_OK : BYOK_KMS_UNKNOWN;
+		strlcpy(shared->backup_key_version, startup_keyring.backup_key_version,
+				sizeof(shared->backup_key_version));
+		shared->backup_key_state = -1;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -466,8 +481,11 @@ Datum
 byok_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[22];
-	bool		nulls[22] = {0};
+	Datum		values[25];
+	bool		nulls[25] = {0};
+	int			backup_state = -1;
+	ByokKeyring current;
+	bool		have_current = false;
 	ByokKmsHealth health = BYOK_KMS_UNKNOWN;
 	TimestampTz degraded_since = 0;
 	TimestampTz synced_at = 0;
@@ -507,6 +525,8 @@ byok_status(PG_FUNCTION_ARGS)
 		synced_at = shared->synced_at;
 		watchdog_pid = shared->watchdog_pid;
 		watchdog_started = shared->watchdog_started;
+		backup_state = shared->backup_key_state;
+		have_current = keyring_read(DataDir, &current, &(bool) {false}, &err);
 		LWLockRelease(shared->lock);
 	}
 
@@ -549,6 +569,13 @@ byok_status(PG_FUNCTION_ARGS)
 	nulls[i++] = (watchdog_pid == 0);
 	values[i] = TimestampTzGetDatum(watchdog_started);
 	nulls[i++] = (watchdog_started == 0);
+	values[i] = text_or_null(have_current ? current.backup_key_crn : NULL, &nulls[i]);
+	i++;
+	values[i] = text_or_null(have_current && current.backup_key_crn[0] ? current.backup_key_version : NULL, &nulls[i]);
+	i++;
+	values[i] = text_or_null(have_current && current.backup_key_crn[0] && backup_state >= 0 ?
+							 byok_kms_state_name(backup_state) : NULL, &nulls[i]);
+	i++;
 	Assert(i == lengthof(values));
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
@@ -722,6 +749,22 @@ byok_key_associations(PG_FUNCTION_ARGS)
 			byok_report(ERROR, sqlstate_for_kms(res.status), &err);
 		}
 		byok_note_kms_outcome(true, NULL, -1);
+		if (nregs > 0)
+		{
+			memset(nulls, 0, sizeof(nulls));
+			values[0] = CStringGetTextDatum("warning");
+			nulls[1] = true;
+			values[2] = CStringGetTextDatum(psprintf("the key also protects %d other resource%s (registrations below): "
+													 "deleting or disabling it shreds them together with this cluster",
+													 nregs, nregs == 1 ? "" : "s"));
+			values[3] = BoolGetDatum(false);
+			nulls[4] = nulls[5] = true;
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			ereport(WARNING,
+					(errmsg("byok: key %s also protects %d other resource%s", kr.key_crn, nregs,
+							nregs == 1 ? "" : "s"),
+					 errdetail("Deleting or disabling it shreds them together with this cluster.")));
+		}
 		for (int n = 0; n < nregs; n++)
 		{
 			memset(nulls, 0, sizeof(nulls));
@@ -734,6 +777,31 @@ byok_key_associations(PG_FUNCTION_ARGS)
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 		}
 		free(regs);
+	}
+
+	if (kr.backup_key_crn[0] != '\0')
+	{
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = CStringGetTextDatum("backup key");
+		values[1] = CStringGetTextDatum(kr.backup_key_crn);
+		values[2] = CStringGetTextDatum("wraps the key material a second time, for backups");
+		values[3] = BoolGetDatum(false);
+		values[4] = text_or_null(kr.backup_key_version, &nulls[4]);
+		nulls[5] = true;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		if (strcmp(kr.backup_key_crn, kr.key_crn) == 0)
+		{
+			memset(nulls, 0, sizeof(nulls));
+			values[0] = CStringGetTextDatum("warning");
+			nulls[1] = true;
+			values[2] = CStringGetTextDatum("the backup key is the disk key: deleting it shreds the cluster and every backup together");
+			values[3] = BoolGetDatum(false);
+			nulls[4] = nulls[5] = true;
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			ereport(WARNING,
+					(errmsg("byok.backup_key_crn names the same key as byok.key_crn"),
+					 errdetail("Deleting that key shreds the cluster and every backup together.")));
+		}
 	}
 
 	memset(nulls, 0, sizeof(nulls));

@@ -96,11 +96,14 @@ typedef struct ByokSharedState
 	int			watchdog_pid;
 	TimestampTz watchdog_started;
 	int			watchdog_starts;	/* since shared memory was set up */
+	char		backup_key_version[128];
+	int			backup_key_state;	/* Key Protect state, -1 unknown */
 } ByokSharedState;
 
 extern PGDLLIMPORT ByokSharedState *byok_shared;
 extern int	byok_kms_poll_interval;
 extern int	byok_lock_when_unreachable_for;
+extern char *byok_backup_key_crn;
 
 struct ByokKeyring;
 struct ByokRootKey;

@@ -270,6 +270,17 @@ byok_crypto_ready(void)
 	return crypto_ready;
 }
 
+/* Copy the key material in use (to wrap it under another key): handles key
+ * material, the caller wipes 'out'. */
+bool
+byok_crypto_material_copy(uint8_t out[BYOK_KEY_LEN])
+{
+	if (!crypto_ready)
+		return false;
+	memcpy(out, key_state->material, BYOK_KEY_LEN);
+	return true;
+}
+
 /* Is 'material' the key material in use?  Constant time. */
 bool
 byok_crypto_material_equals(const uint8_t material[BYOK_KEY_LEN])

@@ -80,6 +80,7 @@ extern bool byok_crypto_init(const uint8_t *key_material, ByokError *err);
 extern void byok_crypto_wipe(void);
 extern bool byok_crypto_ready(void);
 extern bool byok_crypto_material_equals(const uint8_t material[BYOK_KEY_LEN]);
+extern bool byok_crypto_material_copy(uint8_t out[BYOK_KEY_LEN]);
 
 /* --- counter blocks: the only place IVs are built --- */
 

@@ -308,6 +308,12 @@ keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
 			ok = copy_field(kr->key_crn, sizeof(kr->key_crn), value);
 		else if (strcmp(name, "key_bound") == 0)
 			ok = copy_field(kr->key_bound, sizeof(kr->key_bound), value);
+		else if (strcmp(name, "backup_key_crn") == 0)
+			ok = copy_field(kr->backup_key_crn, sizeof(kr->backup_key_crn), value);
+		else if (strcmp(name, "backup_key_version") == 0)
+			ok = copy_field(kr->backup_key_version, sizeof(kr->backup_key_version), value);
+		else if (strcmp(name, "backup_wrapped_key") == 0)
+			ok = copy_field(kr->backup_wrapped_key, sizeof(kr->backup_wrapped_key), value);
 		else if (strcmp(name, "root_key_file") == 0)
 			ok = copy_field(kr->root_key_file, sizeof(kr->root_key_file), value);
 		else if (strcmp(name, "root_key_id") == 0)
@@ -411,11 +417,15 @@ keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err)
 				   "wrapped_key = %s\n"
 				   "created = %s\n"
 				   "updated = %s\n"
-				   "key_bound = %s\n",
+				   "key_bound = %s\n"
+				   "backup_key_crn = %s\n"
+				   "backup_key_version = %s\n"
+				   "backup_wrapped_key = %s\n",
 				   kr->format, (unsigned long long) kr->system_identifier,
 				   kr->state, kr->cipher, kr->provider, kr->key_crn, kr->root_key_file,
 				   kr->root_key_id, kr->key_version, kr->wrapped_key,
-				   kr->created, kr->updated, kr->key_bound);
+				   kr->created, kr->updated, kr->key_bound,
+				   kr->backup_key_crn, kr->backup_key_version, kr->backup_wrapped_key);
 	byok_sha256(buf, len, digest);
 	hex_encode_bytes(digest, sizeof(digest), hex);
 	len += snprintf(buf + len, KEYRING_MAX_SIZE - len, "%s%s\n", CHECKSUM_PREFIX, hex);

@@ -41,6 +41,10 @@ typedef struct ByokKeyring
 	char		created[64];
 	char		updated[64];
 	char		key_bound[64];	/* when the current root key was bound */
+	/* the same key material wrapped a second time, by the backup key */
+	char		backup_key_crn[BYOK_MAX_TEXT];
+	char		backup_key_version[128];
+	char		backup_wrapped_key[BYOK_MAX_WRAPPED];
 } ByokKeyring;
 
 /* Read and check the keyring; false with err set when missing or bad. */

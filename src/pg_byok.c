@@ -73,6 +73,9 @@ static const char *progname;
 static char *datadir = NULL;
 static char *root_key_path = NULL;
 static char *opt_key_crn = NULL;
+static char *opt_backup_key_crn = NULL;
+static bool opt_use_backup_key = false;
+static char conf_backup_crn[KMS_TEXT_LEN] = "";
 static bool opt_local = false;
 static ByokKmsConfig kms_opts;	/* everything but the key CRN */
 static bool kms_opts_set[8];		/* which came from the command line */
@@ -112,12 +115,15 @@ usage(void)
 	printf("  %s verify -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
 	printf("  %s rekey -D DATADIR {--key-crn CRN | --local [--root-key-file FILE]} [KMS OPTIONS]\n", progname);
 	printf("  %s waldump -D DATADIR [-- PG_WALDUMP_OPTIONS]\n", progname);
+	printf("  %s restore-prepare -D DATADIR --key-crn NEW_CRN [--use-backup-key] [KMS OPTIONS]\n", progname);
 	printf("\nCommands:\n");
 	printf("  enable    encrypt every relation file in place and write the keyring\n");
 	printf("            (crash-safe; run it again after an interruption to resume)\n");
 	printf("  status    show the keyring and key state of a cluster\n");
 	printf("  verify    check that every page decrypts (and, with data checksums, verifies)\n");
 	printf("  waldump   decrypt the WAL segments and show them with pg_waldump\n");
+	printf("  restore-prepare  make a restored copy start under its own new disk key,\n");
+	printf("            unwrapping with the backup key (--use-backup-key) or the copy's disk key\n");
 	printf("  rekey     re-wrap the cluster key under another root key (local <-> Key Protect,\n");
 	printf("            or another Key Protect key); no data is rewritten\n");
 	printf("\nOptions:\n");
@@ -126,6 +132,8 @@ usage(void)
 	printf("                              default: DATADIR.byok-root.key)\n");
 	printf("      --key-crn=CRN           full CRN of a Key Protect root key\n");
 	printf("      --local                 rekey: move to a local root key\n");
+	printf("      --backup-key-crn=CRN    enable: also wrap the key material by this backup key\n");
+	printf("      --use-backup-key        restore-prepare: unwrap with the keyring's backup key\n");
 	printf("  -P, --progress              show progress (default on a terminal)\n");
 	printf("\nKMS options (default: the byok.* settings in DATADIR/postgresql.conf):\n");
 	printf("      --api-key-file=FILE     IBM Cloud API key (mode 0600)\n");
@@ -392,6 +400,8 @@ read_conf_defaults(char *key_crn, size_t kclen, char *root_file, size_t rflen)
 			}
 			if (strcmp(name, "byok.key_crn") == 0)
 				snprintf(key_crn, kclen, "%s", value);
+			else if (strcmp(name, "byok.backup_key_crn") == 0)
+				snprintf(conf_backup_crn, sizeof(conf_backup_crn), "%s", value);
 			else if (strcmp(name, "byok.root_key_file") == 0)
 				snprintf(root_file, rflen, "%s", value);
 			else if (strcmp(name, "byok.api_key_file") == 0 && !kms_opts_set[0])
@@ -756,6 +766,19 @@ cmd_enable(void)
 			byok_wipe(material, sizeof(material));
 			report_error_and_exit(&err);
 		}
+		{
+			const char *backup = opt_backup_key_crn ? opt_backup_key_crn : conf_backup_crn;
+
+			if (backup[0] != '\0')
+			{
+				if (!provider_backup_wrap(&kr, &root.kms, backup, material, &err))
+				{
+					byok_wipe(material, sizeof(material));
+					report_error_and_exit(&err);
+				}
+				printf("the key material is also wrapped by backup key %s\n", backup);
+			}
+		}
 		if (!byok_crypto_init(material, &err))
 			report_error_and_exit(&err);
 		byok_wipe(material, sizeof(material));
@@ -962,6 +985,10 @@ cmd_status(void)
 	printf("keyring created:     %s\n", kr.created);
 	printf("keyring updated:     %s\n", kr.updated);
 	printf("key bound:           %s\n", kr.key_bound);
+	if (kr.backup_key_crn[0])
+		printf("backup key CRN:      %s (version %s)\n", kr.backup_key_crn, kr.backup_key_version);
+	else
+		printf("backup key:          none\n");
 	if (access(jpath, F_OK) == 0)
 		printf("enable journal:      present (%s)\n", jpath);
 }
@@ -1118,6 +1145,89 @@ cmd_verify(void)
 		   checksums ? "" : " (no data checksums: pages checked by their headers)");
 	if (bad_files > 0)
 		exit(1);
+}
+
+/* --- restore-prepare ----------------------------------------------------------- */
+
+/*
+ * Make a restored copy of a cluster (base backup, file-system copy) start as
+ * a new deployment under its own disk key: unwrap the key material with the
+ * backup key (--use-backup-key) or with the disk key the copy was made
+ * under, wrap it under the new disk key, keep the backup-key copy, and point
+ * postgresql.auto.conf at the new key.  The system identifier -- and so the
+ * AAD that binds the wrapped key to the cluster -- stays: the copy replays
+ * WAL of the same cluster, and its WAL carries that identifier.
+ */
+static void
+cmd_restore_prepare(void)
+{
+	ControlFileData *cf;
+	ByokKeyring kr;
+	ByokError	err = {0};
+	bool		missing;
+	ByokRootKey old_root;
+	ByokRootKey new_root;
+	uint8_t		material[BYOK_KEY_LEN];
+	bool		changed;
+	char		path[MAXPGPATH];
+	FILE	   *fp;
+
+	if (opt_key_crn == NULL)
+		pg_fatal("restore-prepare needs --key-crn: the new disk key of the restored cluster");
+	check_server_stopped();
+	cf = read_control_file();
+	if (!keyring_read(datadir, &kr, &missing, &err))
+		report_error_and_exit(&err);
+	if (kr.system_identifier != cf->system_identifier)
+		pg_fatal("keyring belongs to system identifier %llu, this copy is %llu",
+				 (unsigned long long) kr.system_identifier,
+				 (unsigned long long) cf->system_identifier);
+
+	configured_root(&kr, &old_root);
+	if (opt_use_backup_key)
+	{
+		if (!provider_backup_unwrap(&kr, &old_root.kms, material, &err))
+			report_error_and_exit(&err);
+		printf("unwrapped the key material with backup key %s\n", kr.backup_key_crn);
+	}
+	else
+	{
+		snprintf(old_root.kms.key_crn, sizeof(old_root.kms.key_crn), "%s", kr.key_crn);
+		snprintf(old_root.provider, sizeof(old_root.provider), "%s", kr.provider);
+		if (!provider_unwrap(&kr, &old_root, material, &changed, &err))
+			report_error_and_exit(&err);
+		printf("unwrapped the key material with the disk key of the copy (%s)\n",
+			   kr.key_crn[0] ? kr.key_crn : "local root key");
+	}
+
+	memset(&new_root, 0, sizeof(new_root));
+	new_root.kms = old_root.kms;
+	snprintf(new_root.provider, sizeof(new_root.provider), "%s", BYOK_PROVIDER_KEYPROTECT);
+	snprintf(new_root.kms.key_crn, sizeof(new_root.kms.key_crn), "%s", opt_key_crn);
+	if (!provider_wrap(&kr, &new_root, material, &err))
+	{
+		byok_wipe(material, sizeof(material));
+		report_error_and_exit(&err);
+	}
+	byok_wipe(material, sizeof(material));
+	if (!keyring_write(datadir, &kr, &err))
+		report_error_and_exit(&err);
+	if (!lock_remove(datadir, &err))
+		report_error_and_exit(&err);
+
+	snprintf(path, sizeof(path), "%s/postgresql.auto.conf", datadir);
+	fp = fopen(path, "a");
+	if (fp == NULL)
+		pg_fatal("could not open file \"%s\": %m", path);
+	fprintf(fp, "# set by pg_byok restore-prepare: this copy's own disk key\nbyok.key_crn = '%s'\n",
+			opt_key_crn);
+	if (fclose(fp) != 0)
+		pg_fatal("could not write file \"%s\": %m", path);
+	byok_audit("byok.restore_prepare", opt_key_crn, kr.key_version, "", true, 0,
+			   opt_use_backup_key ? "unwrapped with the backup key" : "unwrapped with the disk key");
+	printf("%s: \"%s\" now starts under disk key %s (key version %s)%s%s\n", progname, datadir,
+		   opt_key_crn, kr.key_version, kr.backup_key_crn[0] ? "; backup key kept: " : "",
+		   kr.backup_key_crn);
 }
 
 /* --- waldump ---------------------------------------------------------------- */
@@ -1305,6 +1415,8 @@ main(int argc, char *argv[])
 		{"root-key-file", required_argument, NULL, 1},
 		{"key-crn", required_argument, NULL, 2},
 		{"local", no_argument, NULL, 3},
+		{"backup-key-crn", required_argument, NULL, 4},
+		{"use-backup-key", no_argument, NULL, 5},
 		{"api-key-file", required_argument, NULL, 10},
 		{"kms-endpoint", required_argument, NULL, 11},
 		{"iam-endpoint", required_argument, NULL, 12},
@@ -1361,6 +1473,12 @@ main(int argc, char *argv[])
 				break;
 			case 3:
 				opt_local = true;
+				break;
+			case 4:
+				opt_backup_key_crn = pg_strdup(optarg);
+				break;
+			case 5:
+				opt_use_backup_key = true;
 				break;
 			case 10:
 				snprintf(kms_opts.api_key_file, sizeof(kms_opts.api_key_file), "%s",
@@ -1426,6 +1544,8 @@ main(int argc, char *argv[])
 		cmd_verify();
 	else if (strcmp(cmd, "rekey") == 0)
 		cmd_rekey();
+	else if (strcmp(cmd, "restore-prepare") == 0)
+		cmd_restore_prepare();
 	else if (strcmp(cmd, "waldump") == 0)
 		return cmd_waldump(argv[-1], argc - optind, argv + optind);
 	else

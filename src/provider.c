@@ -302,3 +302,118 @@ provider_rewrap(ByokKeyring *kr, const ByokRootKey *root, const char *reason,
 	free(ct);
 	return true;
 }
+
+/* --- the backup key ------------------------------------------------------- */
+
+static void
+backup_config(const ByokKmsConfig *kms, const char *crn, ByokKmsConfig *out)
+{
+	*out = *kms;
+	snprintf(out->key_crn, sizeof(out->key_crn), "%s", crn);
+}
+
+bool
+provider_backup_wrap(ByokKeyring *kr, const ByokKmsConfig *kms, const char *backup_crn,
+					 const uint8_t material[BYOK_KEY_LEN], ByokError *err)
+{
+	ByokKmsConfig cfg;
+	ByokKmsResult res;
+	char		version[128] = "";
+	char	   *ct;
+	bool		ok;
+	ByokCrn		parsed;
+
+	if (!byok_crn_parse(backup_crn, &parsed, err))
+		return false;
+	backup_config(kms, backup_crn, &cfg);
+	ct = malloc(KMS_CIPHERTEXT_LEN);
+	if (ct == NULL)
+	{
+		byok_error_set(err, NULL, NULL, "out of memory");
+		return false;
+	}
+	ok = kms_wrap(&cfg, kr->system_identifier, material, ct, KMS_CIPHERTEXT_LEN,
+				  version, sizeof(version), &res);
+	byok_audit("byok.backup.wrap", backup_crn, version, res.correlation_id, ok,
+			   res.duration_ms, ok ? "key material wrapped by the backup key" : res.message);
+	if (!ok || strlen(ct) >= sizeof(kr->backup_wrapped_key))
+	{
+		free(ct);
+		if (ok)
+			byok_error_set(err, NULL, NULL, "Key Protect returned an oversized ciphertext");
+		else
+			kms_describe_failure(&cfg, "wrap the cluster key with the backup key", &res, err);
+		return false;
+	}
+	snprintf(kr->backup_key_crn, sizeof(kr->backup_key_crn), "%s", backup_crn);
+	snprintf(kr->backup_key_version, sizeof(kr->backup_key_version), "%s", version);
+	snprintf(kr->backup_wrapped_key, sizeof(kr->backup_wrapped_key), "%s", ct);
+	free(ct);
+	return true;
+}
+
+bool
+provider_backup_unwrap(const ByokKeyring *kr, const ByokKmsConfig *kms,
+					   uint8_t material[BYOK_KEY_LEN], ByokError *err)
+{
+	ByokKmsConfig cfg;
+	ByokKmsResult res;
+	char		version[128] = "";
+	bool		ok;
+
+	if (kr->backup_key_crn[0] == '\0' || kr->backup_wrapped_key[0] == '\0')
+	{
+		byok_error_set(err, "The keyring of this copy was written while byok.backup_key_crn was not set.",
+					   "Restore with the disk key instead (without --use-backup-key).",
+					   "this keyring holds no key material wrapped by a backup key");
+		return false;
+	}
+	backup_config(kms, kr->backup_key_crn, &cfg);
+	ok = kms_unwrap(&cfg, kr->system_identifier, kr->backup_wrapped_key, material,
+					version, sizeof(version), NULL, 0, NULL, 0, &res);
+	byok_audit("byok.backup.unwrap", kr->backup_key_crn, ok ? version : kr->backup_key_version,
+			   res.correlation_id, ok, res.duration_ms, ok ? NULL : res.message);
+	if (!ok)
+	{
+		kms_describe_failure(&cfg, "unwrap the cluster key with the backup key", &res, err);
+		return false;
+	}
+	return true;
+}
+
+bool
+provider_backup_rewrap(ByokKeyring *kr, const ByokKmsConfig *kms, const char *reason,
+					   ByokError *err)
+{
+	ByokKmsConfig cfg;
+	ByokKmsResult res;
+	char		version[128] = "";
+	char	   *ct;
+	bool		ok;
+
+	backup_config(kms, kr->backup_key_crn, &cfg);
+	ct = malloc(KMS_CIPHERTEXT_LEN);
+	if (ct == NULL)
+	{
+		byok_error_set(err, NULL, NULL, "out of memory");
+		return false;
+	}
+	ok = kms_rewrap(&cfg, kr->system_identifier, kr->backup_wrapped_key, ct,
+					KMS_CIPHERTEXT_LEN, version, sizeof(version), &res);
+	byok_audit("byok.backup.rewrap", kr->backup_key_crn, ok ? version : kr->backup_key_version,
+			   res.correlation_id, ok, res.duration_ms, ok ? reason : res.message);
+	if (!ok || strlen(ct) >= sizeof(kr->backup_wrapped_key))
+	{
+		free(ct);
+		if (ok)
+			byok_error_set(err, NULL, NULL, "Key Protect returned an oversized ciphertext");
+		else
+			kms_describe_failure(&cfg, "rewrap the backup copy of the cluster key", &res, err);
+		return false;
+	}
+	snprintf(kr->backup_wrapped_key, sizeof(kr->backup_wrapped_key), "%s", ct);
+	if (version[0] != '\0')
+		snprintf(kr->backup_key_version, sizeof(kr->backup_key_version), "%s", version);
+	free(ct);
+	return true;
+}

@@ -43,6 +43,20 @@ extern bool provider_wrap(ByokKeyring *kr, const ByokRootKey *root,
 extern bool provider_rewrap(ByokKeyring *kr, const ByokRootKey *root,
 							const char *reason, ByokError *err);
 
+/*
+ * The backup key: the same key material wrapped a second time, by another
+ * Key Protect key, with the same AAD.  'kms' supplies endpoints and
+ * credentials; the CRN is 'backup_crn' (wrap) or the keyring's (unwrap,
+ * rewrap).  Audited.  unwrap handles key material: caller wipes.
+ */
+extern bool provider_backup_wrap(ByokKeyring *kr, const ByokKmsConfig *kms,
+								 const char *backup_crn,
+								 const uint8_t material[BYOK_KEY_LEN], ByokError *err);
+extern bool provider_backup_unwrap(const ByokKeyring *kr, const ByokKmsConfig *kms,
+								   uint8_t material[BYOK_KEY_LEN], ByokError *err);
+extern bool provider_backup_rewrap(ByokKeyring *kr, const ByokKmsConfig *kms,
+								   const char *reason, ByokError *err);
+
 /* Does the configured root key agree with the keyring?  Says why not. */
 extern bool provider_matches_keyring(const ByokKeyring *kr, const ByokRootKey *root,
 									 ByokError *err);

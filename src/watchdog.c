@@ -56,6 +56,7 @@ typedef enum WatchOutcome
 } WatchOutcome;
 
 static void watchdog_poll(int *failures);
+static void watchdog_backup_key(const ByokRootKey *root);
 static void watchdog_lock(const ByokKeyring *kr, const char *reason, const char *answer,
 						  const char *correlation_id);
 
@@ -155,6 +156,13 @@ watchdog_poll(int *failures)
 	byok_root_key_from_gucs(&kr, &root);
 	root.kms.max_retries = 0;	/* the next poll is the retry */
 
+	/* a local root key has no life to follow; only the backup key */
+	if (strcmp(kr.provider, BYOK_PROVIDER_KEYPROTECT) != 0)
+	{
+		watchdog_backup_key(&root);
+		return;
+	}
+
 	ok = kms_get_key(&root.kms, &info, &res);
 	if (ok && (info.state == 1 || info.state == 3) && !info.deleted)
 	{
@@ -183,6 +191,7 @@ watchdog_poll(int *failures)
 			LWLockRelease(byok_shared->lock);
 			ereport(LOG, (errmsg("byok key watchdog: keyring rewrapped under key version %s", version)));
 		}
+		watchdog_backup_key(&root);
 		return;
 	}
 
@@ -264,4 +273,164 @@ watchdog_lock(const ByokKeyring *kr, const char *reason, const char *answer,
 	byok_crypto_wipe();
 	kill(PostmasterPid, SIGQUIT);	/* immediate shutdown */
 	proc_exit(0);
+}
+
+/* --- the backup key ---------------------------------------------------------- */
+
+/* Read-modify-write of the keyring under the key-state lock. */
+typedef bool (*KeyringChange) (ByokKeyring *kr, const ByokRootKey *root, void *arg,
+							   ByokError *err);
+
+static bool
+change_keyring(KeyringChange change, const ByokRootKey *root, void *arg, ByokError *err)
+{
+	ByokKeyring kr;
+	bool		missing;
+	bool		ok;
+
+	LWLockAcquire(byok_shared->lock, LW_EXCLUSIVE);
+	ok = keyring_read(DataDir, &kr, &missing, err) &&
+		change(&kr, root, arg, err) &&
+		keyring_write(DataDir, &kr, err);
+	if (ok)
+		strlcpy(byok_shared->backup_key_version, kr.backup_key_version,
+				sizeof(byok_shared->backup_key_version));
+	LWLockRelease(byok_shared->lock);
+	return ok;
+}
+
+/* Wrap the key material in use under the backup key 'arg' (a CRN). */
+static bool
+change_set_backup(ByokKeyring *kr, const ByokRootKey *root, void *arg, ByokError *err)
+{
+	uint8_t		material[BYOK_KEY_LEN];
+	bool		ok;
+
+	if (!byok_crypto_material_copy(material))
+	{
+		byok_error_set(err, NULL, NULL, "no key material in memory");
+		return false;
+	}
+	ok = provider_backup_wrap(kr, &root->kms, (const char *) arg, material, err);
+	byok_wipe(material, sizeof(material));
+	return ok;
+}
+
+static bool
+change_remove_backup(ByokKeyring *kr, const ByokRootKey *root, void *arg, ByokError *err)
+{
+	kr->backup_key_crn[0] = '\0';
+	kr->backup_key_version[0] = '\0';
+	kr->backup_wrapped_key[0] = '\0';
+	return true;
+}
+
+static bool
+change_rewrap_backup(ByokKeyring *kr, const ByokRootKey *root, void *arg, ByokError *err)
+{
+	return provider_backup_rewrap(kr, &root->kms, "syncing KMS state (backup key)", err);
+}
+
+/*
+ * Make the keyring follow byok.backup_key_crn (set, changed or removed by a
+ * reload), sync a rotation of the backup key, and report a backup key that
+ * became unusable.  The cluster keeps serving whatever the backup key does:
+ * it protects backups, not the live data.
+ */
+static void
+watchdog_backup_key(const ByokRootKey *root)
+{
+	ByokKeyring kr;
+	ByokError	err = {0};
+	bool		missing;
+	const char *want = byok_backup_key_crn ? byok_backup_key_crn : "";
+	static int	last_reported_state = 1;
+
+	LWLockAcquire(byok_shared->lock, LW_SHARED);
+	if (!keyring_read(DataDir, &kr, &missing, &err))
+	{
+		LWLockRelease(byok_shared->lock);
+		return;
+	}
+	LWLockRelease(byok_shared->lock);
+
+	if (strcmp(want, kr.backup_key_crn) != 0)
+	{
+		if (want[0] == '\0')
+		{
+			if (change_keyring(change_remove_backup, root, NULL, &err))
+			{
+				byok_audit("byok.backup.remove", kr.backup_key_crn, kr.backup_key_version, "", true, 0,
+						   "byok.backup_key_crn removed: the keyring no longer carries a backup-key copy");
+				ereport(LOG, (errmsg("byok key watchdog: backup key %s removed from the keyring", kr.backup_key_crn)));
+			}
+		}
+		else if (change_keyring(change_set_backup, root, (void *) want, &err))
+		{
+			byok_audit("byok.backup.set", want, byok_shared->backup_key_version, "", true, 0,
+					   kr.backup_key_crn[0] ? psprintf("replaces backup key %s", kr.backup_key_crn) :
+					   "backup key set");
+			ereport(LOG, (errmsg("byok key watchdog: the keyring now carries the key material wrapped by backup key %s", want)));
+			if (strcmp(want, kr.key_crn) == 0)
+				ereport(WARNING,
+						(errmsg("byok.backup_key_crn names the same key as byok.key_crn"),
+						 errdetail("Deleting that key shreds the cluster and every backup together.")));
+		}
+		else
+			ereport(WARNING,
+					(errmsg("byok key watchdog: could not set the backup key: %s", err.msg),
+					 errdetail("%s", err.detail), errhint("%s", err.hint)));
+		return;
+	}
+	if (kr.backup_key_crn[0] == '\0')
+		return;
+
+	/* follow the backup key's own life */
+	{
+		ByokKmsConfig cfg = root->kms;
+		ByokKmsKeyInfo info;
+		ByokKmsResult res;
+
+		strlcpy(cfg.key_crn, kr.backup_key_crn, sizeof(cfg.key_crn));
+		if (kms_get_key(&cfg, &info, &res))
+		{
+			int			state = info.deleted ? 5 : info.state;
+
+			LWLockAcquire(byok_shared->lock, LW_EXCLUSIVE);
+			byok_shared->backup_key_state = state;
+			LWLockRelease(byok_shared->lock);
+			if ((state == 1 || state == 3) && info.key_version[0] != '\0' &&
+				strcmp(info.key_version, kr.backup_key_version) != 0)
+			{
+				ereport(LOG,
+						(errmsg("byok key watchdog: syncing KMS state: backup key %s was rotated to version %s; rewrapping",
+								kr.backup_key_crn, info.key_version)));
+				if (!change_keyring(change_rewrap_backup, root, NULL, &err))
+					ereport(WARNING, (errmsg("byok key watchdog: %s", err.msg), errdetail("%s", err.detail)));
+			}
+			if (state != last_reported_state && state != 1 && state != 3)
+			{
+				byok_audit("byok.backup.unusable", kr.backup_key_crn, kr.backup_key_version, res.correlation_id,
+						   true, res.duration_ms, byok_kms_state_name(state));
+				ereport(WARNING,
+						(errmsg("byok key watchdog: backup key %s is %s", kr.backup_key_crn, byok_kms_state_name(state)),
+						 errdetail("The cluster keeps serving under its own key; backups can no longer be restored with the backup key."),
+						 errhint("Restore or enable the backup key in Key Protect, or set byok.backup_key_crn to a new key.")));
+			}
+			last_reported_state = state;
+		}
+		else if ((res.status == KMS_ERR_NOT_FOUND || res.status == KMS_ERR_DELETED) &&
+				 last_reported_state != 5)
+		{
+			LWLockAcquire(byok_shared->lock, LW_EXCLUSIVE);
+			byok_shared->backup_key_state = 5;
+			LWLockRelease(byok_shared->lock);
+			byok_audit("byok.backup.unusable", kr.backup_key_crn, kr.backup_key_version, res.correlation_id,
+					   true, res.duration_ms, "not found or deleted");
+			ereport(WARNING,
+					(errmsg("byok key watchdog: backup key %s is gone (%s)", kr.backup_key_crn, res.message),
+					 errdetail("The cluster keeps serving under its own key; backups can no longer be restored with the backup key.")));
+			last_reported_state = 5;
+		}
+	}
 }
