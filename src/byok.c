@@ -817,21 +817,6 @@ byok_key_associations(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* Does a raw page look like a plaintext PostgreSQL page header? */
-static bool
-page_header_plausible(const char *page)
-{
-	const PageHeaderData *ph = (const PageHeaderData *) page;
-
-	return PageGetPageSize(ph) == BLCKSZ &&
-		PageGetPageLayoutVersion(ph) == PG_PAGE_LAYOUT_VERSION &&
-		(ph->pd_flags & ~PD_VALID_FLAG_BITS) == 0 &&
-		ph->pd_lower <= ph->pd_upper &&
-		ph->pd_upper <= ph->pd_special &&
-		ph->pd_special <= BLCKSZ &&
-		ph->pd_special == MAXALIGN(ph->pd_special);
-}
-
 /*
  * byok_relation_encrypted(regclass): read the relation's first non-zero
  * main-fork page raw from disk (after writing out its dirty buffers) and
@@ -891,9 +876,9 @@ byok_relation_encrypted(PG_FUNCTION_ARGS)
 	{
 		byok_smgr_page_id(RelationGetSmgr(rel), MAIN_FORKNUM, blkno, &id);
 		memcpy(copy.data, raw.data, BLCKSZ);
-		encrypted = !page_header_plausible(raw.data) &&
+		encrypted = !byok_page_header_valid(raw.data) &&
 			byok_page_decrypt(copy.data, &id, data_checksums) == BYOK_PAGE_OK &&
-			page_header_plausible(copy.data);
+			byok_page_header_valid(copy.data);
 	}
 	relation_close(rel, AccessShareLock);
 	if (!found)

@@ -411,6 +411,21 @@ byok_page_is_zero(const char *page)
 	return true;
 }
 
+/* Does 'page' look like a valid (plaintext) PostgreSQL page header? */
+bool
+byok_page_header_valid(const char *page)
+{
+	const PageHeaderData *ph = (const PageHeaderData *) page;
+
+	return PageGetPageSize(ph) == BLCKSZ &&
+		PageGetPageLayoutVersion(ph) == PG_PAGE_LAYOUT_VERSION &&
+		(ph->pd_flags & ~PD_VALID_FLAG_BITS) == 0 &&
+		ph->pd_lower <= ph->pd_upper &&
+		ph->pd_upper <= ph->pd_special &&
+		ph->pd_special <= BLCKSZ &&
+		ph->pd_special == MAXALIGN(ph->pd_special);
+}
+
 static inline uint64_t
 page_get_lsn(const char *page)
 {

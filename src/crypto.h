@@ -105,6 +105,9 @@ extern void byok_wal_counter_block(uint32_t tli, uint64_t pos,
 
 extern bool byok_page_is_zero(const char *page);
 
+/* Does a page look like a valid plaintext PostgreSQL page header? */
+extern bool byok_page_header_valid(const char *page);
+
 /*
  * Encrypt 'src' into 'dst' (never modifies 'src').  'lsn' is the page LSN
  * as read from src.  Pages whose LSN is 0 and init-fork pages get a fresh

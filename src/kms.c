@@ -850,14 +850,40 @@ copy_version(json_object *root, const char *field, char *out, size_t outlen)
 		snprintf(out, outlen, "%s", json_object_get_string(id));
 }
 
+/*
+ * Parse an answer that carries a wrapped key: 'ciphertext', and the key
+ * version under 'version_field' (falling back to keyVersion).  Wipes the
+ * body.
+ */
+static bool
+ciphertext_answer(KmsBuffer *body, const char *version_field, char *ciphertext_out,
+				  size_t ctlen, char *key_version_out, size_t kvlen, ByokKmsResult *res)
+{
+	json_object *root = json_tokener_parse(body->data ? body->data : "");
+	json_object *v;
+
+	buffer_wipe(body);
+	if (root == NULL || !json_object_object_get_ex(root, "ciphertext", &v) ||
+		(size_t) json_object_get_string_len(v) >= ctlen)
+	{
+		if (root)
+			json_object_put(root);
+		return protocol_error(res, "ciphertext");
+	}
+	snprintf(ciphertext_out, ctlen, "%s", json_object_get_string(v));
+	copy_version(root, version_field, key_version_out, kvlen);
+	if (key_version_out && key_version_out[0] == '\0')
+		copy_version(root, "keyVersion", key_version_out, kvlen);
+	json_object_put(root);
+	return true;
+}
+
 bool
 kms_wrap(const ByokKmsConfig *cfg, uint64_t sysid,
 		 const uint8_t material[BYOK_KEY_LEN], char *ciphertext_out, size_t ctlen,
 		 char *key_version_out, size_t kvlen, ByokKmsResult *res)
 {
 	json_object *req = json_object_new_object();
-	json_object *root;
-	json_object *v;
 	char		b64[128];
 	int			n;
 	KmsBuffer	body = {0};
@@ -868,26 +894,14 @@ kms_wrap(const ByokKmsConfig *cfg, uint64_t sysid,
 	json_object_object_add(req, "plaintext", json_object_new_string(b64));
 	byok_wipe(b64, sizeof(b64));
 	json_object_object_add(req, "aad", aad_array(sysid));
-	/* wipe the plaintext string inside the request object once sent */
 	ok = kp_call_json(cfg, "wrap", "/actions/wrap", req, &body, res);
 	if (!ok)
 	{
 		buffer_wipe(&body);
 		return false;
 	}
-	root = json_tokener_parse(body.data ? body.data : "");
-	buffer_wipe(&body);
-	if (root == NULL || !json_object_object_get_ex(root, "ciphertext", &v) ||
-		(size_t) json_object_get_string_len(v) >= ctlen)
-	{
-		if (root)
-			json_object_put(root);
-		return protocol_error(res, "ciphertext");
-	}
-	snprintf(ciphertext_out, ctlen, "%s", json_object_get_string(v));
-	copy_version(root, "keyVersion", key_version_out, kvlen);
-	json_object_put(root);
-	return true;
+	return ciphertext_answer(&body, "keyVersion", ciphertext_out, ctlen,
+							 key_version_out, kvlen, res);
 }
 
 bool
@@ -951,8 +965,6 @@ kms_rewrap(const ByokKmsConfig *cfg, uint64_t sysid, const char *ciphertext,
 		   size_t kvlen, ByokKmsResult *res)
 {
 	json_object *req = json_object_new_object();
-	json_object *root;
-	json_object *v;
 	KmsBuffer	body = {0};
 
 	json_object_object_add(req, "ciphertext", json_object_new_string(ciphertext));
@@ -962,21 +974,8 @@ kms_rewrap(const ByokKmsConfig *cfg, uint64_t sysid, const char *ciphertext,
 		buffer_wipe(&body);
 		return false;
 	}
-	root = json_tokener_parse(body.data ? body.data : "");
-	buffer_wipe(&body);
-	if (root == NULL || !json_object_object_get_ex(root, "ciphertext", &v) ||
-		(size_t) json_object_get_string_len(v) >= ctlen)
-	{
-		if (root)
-			json_object_put(root);
-		return protocol_error(res, "ciphertext");
-	}
-	snprintf(ciphertext_out, ctlen, "%s", json_object_get_string(v));
-	copy_version(root, "rewrappedKeyVersion", key_version_out, kvlen);
-	if (key_version_out && key_version_out[0] == '\0')
-		copy_version(root, "keyVersion", key_version_out, kvlen);
-	json_object_put(root);
-	return true;
+	return ciphertext_answer(&body, "rewrappedKeyVersion", ciphertext_out, ctlen,
+							 key_version_out, kvlen, res);
 }
 
 bool

@@ -995,21 +995,6 @@ cmd_status(void)
 
 /* --- verify ---------------------------------------------------------------- */
 
-/* Does a page look like a valid PostgreSQL page header? */
-static bool
-page_header_plausible(const char *page)
-{
-	const PageHeaderData *ph = (const PageHeaderData *) page;
-
-	return PageGetPageSize(ph) == BLCKSZ &&
-		PageGetPageLayoutVersion(ph) == PG_PAGE_LAYOUT_VERSION &&
-		(ph->pd_flags & ~PD_VALID_FLAG_BITS) == 0 &&
-		ph->pd_lower <= ph->pd_upper &&
-		ph->pd_upper <= ph->pd_special &&
-		ph->pd_special <= BLCKSZ &&
-		ph->pd_special == MAXALIGN(ph->pd_special);
-}
-
 static void
 cmd_verify(void)
 {
@@ -1058,11 +1043,11 @@ cmd_verify(void)
 			page_id_for(f, blk, &id);
 			if (byok_page_is_zero(page.data))
 				zero_pages++;
-			else if (page_header_plausible(page.data))
+			else if (byok_page_header_valid(page.data))
 				problem = "page is stored in plaintext";
 			else if ((res = byok_page_decrypt(page.data, &id, checksums)) == BYOK_PAGE_BAD_CHECKSUM)
 				problem = "checksum of the stored page does not match";
-			else if (!page_header_plausible(page.data))
+			else if (!byok_page_header_valid(page.data))
 				problem = "page does not decrypt to a valid page";
 			pages++;
 			if (problem != NULL)
