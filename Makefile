@@ -23,7 +23,7 @@ SHLIB_LINK = $(shell pkg-config --libs $(DEPS))
 # bufpage.h, fmgr.h) trip only -Wunused-parameter.
 PG_CFLAGS = -std=gnu99 -Wall -Wextra -Wno-unused-parameter
 EXTRA_CLEAN = $(FE_OBJS) src/pg_byok.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
-	test/unit/*.o
+	test/unit/*.o test/bench/bench_page test/bench/*.o
 
 # No JIT bitcode for this module: it has no SQL-callable hot paths.
 override with_llvm = no
@@ -60,7 +60,23 @@ uninstall: uninstall-pg-byok
 uninstall-pg-byok:
 	rm -f '$(DESTDIR)$(bindir)/$(PROGRAM_FE)'
 
-.PHONY: unittest emulatortest taptest install-pg-byok uninstall-pg-byok
+test/bench/%.o: test/bench/%.c
+	$(CC) $(CFLAGS) $(FE_CPPFLAGS) -c -o $@ $<
+
+test/bench/bench_page: test/bench/bench_page.o src/crypto.fe.o
+	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
+
+# Benchmarks against stock PostgreSQL in the same run (not part of the test
+# suite: they take minutes and inform rather than gate).
+bench:
+	bash test/bench/run.sh
+	bash test/bench/wal.sh
+
+bench-quick:
+	bash test/bench/run.sh --quick
+	bash test/bench/wal.sh --quick
+
+.PHONY: unittest emulatortest taptest install-pg-byok uninstall-pg-byok bench bench-quick
 unittest: $(UNIT_TESTS)
 	@for t in $(UNIT_TESTS); do ./$$t || exit 1; done
 

@@ -33,7 +33,9 @@ CREATE FUNCTION byok_status(
     OUT watchdog_started timestamptz,
     OUT backup_key_crn text,
     OUT backup_key_version text,
-    OUT backup_key_state text)
+    OUT backup_key_state text,
+    OUT wal_pages_encrypted bigint,
+    OUT wal_pages_decrypted bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'byok_status'
 LANGUAGE C STRICT PARALLEL SAFE;

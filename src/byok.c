@@ -481,8 +481,10 @@ Datum
 byok_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[25];
-	bool		nulls[25] = {0};
+	Datum		values[27];
+	bool		nulls[27] = {0};
+	uint64		wal_encrypted;
+	uint64		wal_decrypted;
 	int			backup_state = -1;
 	ByokKeyring current;
 	bool		have_current = false;
@@ -576,6 +578,9 @@ byok_status(PG_FUNCTION_ARGS)
 	values[i] = text_or_null(have_current && current.backup_key_crn[0] && backup_state >= 0 ?
 							 byok_kms_state_name(backup_state) : NULL, &nulls[i]);
 	i++;
+	byok_wal_stats(&wal_encrypted, &wal_decrypted);
+	values[i++] = Int64GetDatum((int64) wal_encrypted);
+	values[i++] = Int64GetDatum((int64) wal_decrypted);
 	Assert(i == lengthof(values));
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));

@@ -19,20 +19,37 @@
  */
 #include "postgres.h"
 
+#include "access/twophase.h"
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/md.h"
+#include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/guc.h"
 
 #include "byok.h"
 
-/* Counters in shared memory, summed over all processes. */
+/*
+ * Page counters: one cache line per server process (indexed by its PGPROC
+ * number, written only by that process, so no two cores fight over a
+ * line), summed when read; processes without a PGPROC use the atomics.
+ */
+typedef struct ByokProcCounters
+{
+	uint64		pages_encrypted;
+	uint64		pages_decrypted;
+	uint64		checksum_failures;
+	char		pad[PG_CACHE_LINE_SIZE - 3 * sizeof(uint64)];
+} ByokProcCounters;
+
 typedef struct ByokSharedStats
 {
 	pg_atomic_uint64 pages_encrypted;
 	pg_atomic_uint64 pages_decrypted;
 	pg_atomic_uint64 checksum_failures;
+	int			nprocs;
+	ByokProcCounters procs[FLEXIBLE_ARRAY_MEMBER];
 } ByokSharedStats;
 
 static void byok_mdread(SMgrRelation reln, ForkNumber forknum,
@@ -83,10 +100,18 @@ byok_smgr_configure(bool checksums)
 	data_checksums = checksums;
 }
 
+static int
+counter_slots(void)
+{
+	return MaxBackends + NUM_AUXILIARY_PROCS + max_prepared_xacts;
+}
+
 Size
 byok_smgr_shmem_size(void)
 {
-	return MAXALIGN(sizeof(ByokSharedStats));
+	return CACHELINEALIGN(add_size(offsetof(ByokSharedStats, procs),
+								   mul_size(counter_slots(), sizeof(ByokProcCounters)))) +
+		PG_CACHE_LINE_SIZE;
 }
 
 void
@@ -94,12 +119,14 @@ byok_smgr_shmem_init(void)
 {
 	bool		found;
 
-	shared_stats = ShmemInitStruct("byok page stats", sizeof(ByokSharedStats), &found);
+	shared_stats = ShmemInitStruct("byok page stats", byok_smgr_shmem_size(), &found);
 	if (!found)
 	{
+		memset(shared_stats, 0, byok_smgr_shmem_size());
 		pg_atomic_init_u64(&shared_stats->pages_encrypted, 0);
 		pg_atomic_init_u64(&shared_stats->pages_decrypted, 0);
 		pg_atomic_init_u64(&shared_stats->checksum_failures, 0);
+		shared_stats->nprocs = counter_slots();
 	}
 }
 
@@ -112,6 +139,14 @@ byok_smgr_stats(ByokPageStats *stats)
 	stats->pages_encrypted = pg_atomic_read_u64(&shared_stats->pages_encrypted);
 	stats->pages_decrypted = pg_atomic_read_u64(&shared_stats->pages_decrypted);
 	stats->checksum_failures = pg_atomic_read_u64(&shared_stats->checksum_failures);
+	for (int i = 0; i < shared_stats->nprocs; i++)
+	{
+		volatile ByokProcCounters *c = &shared_stats->procs[i];
+
+		stats->pages_encrypted += c->pages_encrypted;
+		stats->pages_decrypted += c->pages_decrypted;
+		stats->checksum_failures += c->checksum_failures;
+	}
 }
 
 static uint64
@@ -140,10 +175,33 @@ byok_smgr_page_id(SMgrRelation reln, ForkNumber forknum, BlockNumber blkno,
 	id->tweak = SmgrIsTemp(reln) ? temp_relation_tweak() : 0;
 }
 
-static inline void
-count(pg_atomic_uint64 *counter)
+typedef enum PageCounter
 {
-	pg_atomic_fetch_add_u64(counter, 1);
+	COUNT_ENCRYPTED,
+	COUNT_DECRYPTED,
+	COUNT_CHECKSUM_FAILURE
+} PageCounter;
+
+static inline void
+count(PageCounter which)
+{
+	if (shared_stats == NULL)
+		return;
+	if (MyProc != NULL && MyProc->pgprocno < shared_stats->nprocs)
+	{
+		ByokProcCounters *c = &shared_stats->procs[MyProc->pgprocno];
+
+		if (which == COUNT_ENCRYPTED)
+			c->pages_encrypted++;
+		else if (which == COUNT_DECRYPTED)
+			c->pages_decrypted++;
+		else
+			c->checksum_failures++;
+		return;
+	}
+	pg_atomic_fetch_add_u64(which == COUNT_ENCRYPTED ? &shared_stats->pages_encrypted :
+							which == COUNT_DECRYPTED ? &shared_stats->pages_decrypted :
+							&shared_stats->checksum_failures, 1);
 }
 
 /* Encrypt 'buffer' into the private buffer; returns the private buffer. */
@@ -163,8 +221,7 @@ encrypt_page(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 	}
 	byok_smgr_page_id(reln, forknum, blocknum, &id);
 	byok_page_encrypt(buffer, encrypt_buffer.data, &id, data_checksums);
-	if (shared_stats != NULL)
-		count(&shared_stats->pages_encrypted);
+	count(COUNT_ENCRYPTED);
 	return encrypt_buffer.data;
 }
 
@@ -197,9 +254,9 @@ byok_mdread(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 
 	byok_smgr_page_id(reln, forknum, blocknum, &id);
 	res = byok_page_decrypt(buffer, &id, data_checksums);
-	if (res == BYOK_PAGE_ZERO || shared_stats == NULL)
+	if (res == BYOK_PAGE_ZERO)
 		return;
-	count(&shared_stats->pages_decrypted);
+	count(COUNT_DECRYPTED);
 	if (res == BYOK_PAGE_BAD_CHECKSUM)
-		count(&shared_stats->checksum_failures);
+		count(COUNT_CHECKSUM_FAILURE);
 }
