@@ -576,7 +576,12 @@ byok_wal_key_free(ByokWalKey *key)
 static inline bool
 chunk_is_zero(const uint8_t *p)
 {
-	return memcmp(p, zero_chunk, BYOK_BLOCK_LEN) == 0;
+	uint64_t	a;
+	uint64_t	b;
+
+	memcpy(&a, p, sizeof(a));
+	memcpy(&b, p + sizeof(a), sizeof(b));
+	return (a | b) == 0;
 }
 
 /* XOR 'len' bytes at offset 'skip' of the chunk at 'pos' with its keystream. */

@@ -82,6 +82,9 @@ static int	wal_fds_size = 0;
 /* Per-process page buffer, aligned for O_DIRECT. */
 static char *wal_buf = NULL;
 
+/* The plaintext of the page being written, for the keystream audit. */
+static char audit_plain[BYOK_WAL_PAGE_SIZE];
+
 /* Optional keystream audit log (tests): BYOK_TEST_WAL_AUDIT=file. */
 static FILE *audit_file = NULL;
 static bool audit_checked = false;
@@ -418,9 +421,15 @@ byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
 		size_t		take = Min(want, span - (pos - first));
 		size_t		wlen;
 		ssize_t		n;
+		const char *src;
 
-		/* complete partial first/last pages from what is on disk */
-		if (pos != first || (pos - first + take) % PAGE != 0)
+		/*
+		 * Whole pages are encrypted straight from the caller's buffer;
+		 * partial first/last pages are completed from what is on disk.
+		 */
+		if (pos == first && take % PAGE == 0)
+			src = (const char *) buf + done;
+		else
 		{
 			ssize_t		have = read_pages(fd, pages, first, npages, true);
 
@@ -434,8 +443,9 @@ byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
 			}
 			if ((size_t) have < span)
 				memset(pages + Max(have, 0), 0, span - Max(have, 0));
+			memcpy(pages + (pos - first), (const char *) buf + done, take);
+			src = pages;
 		}
-		memcpy(pages + (pos - first), (const char *) buf + done, take);
 
 		/*
 		 * Always whole pages: the stored page carries one version, so the
@@ -445,10 +455,9 @@ byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
 		wlen = TYPEALIGN(PAGE, (pos - first) + take);
 		for (size_t p = 0; p < wlen; p += PAGE)
 		{
-			char		plain[PAGE];
 			size_t		plen = Min((size_t) PAGE, wlen - p);
 			uint64		pageaddr;
-			XLogPageHeader hdr = (XLogPageHeader) (pages + p);
+			const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) (src + p);
 
 			if (plen >= SizeOfXLogShortPHD && hdr->xlp_magic == XLOG_PAGE_MAGIC &&
 				hdr->xlp_pageaddr % PAGE == 0 && hdr->xlp_pageaddr != 0)
@@ -459,15 +468,20 @@ byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
 					have_segstart = segment_start(fd, &segstart);
 				pageaddr = have_segstart ? segstart + first + p : 0;
 			}
-			if (pageaddr == 0 || bytes_zero(pages + p, plen))
-				continue;		/* zeros stay zeros; no address: keep */
+			if (pageaddr == 0 || bytes_zero(src + p, plen))
+			{
+				/* zeros stay zeros; no address: keep as is */
+				if (src != pages)
+					memcpy(pages + p, src + p, plen);
+				continue;
+			}
 			if (audit_enabled())
-				memcpy(plain, pages + p, plen);
-			byok_wal_page_encrypt(pages + p, pages + p, plen, pageaddr, wal_shared->salt,
+				memcpy(audit_plain, src + p, plen);	/* src may be encrypted in place */
+			byok_wal_page_encrypt(src + p, pages + p, plen, pageaddr, wal_shared->salt,
 								  byok_wal_version(pg_atomic_fetch_add_u32(&wal_shared->version_counter, 1)));
 			pg_atomic_fetch_add_u64(&wal_shared->pages_encrypted, 1);
 			if (plen == PAGE && audit_enabled())
-				audit_page(plain, pages + p, pageaddr);
+				audit_page(audit_plain, pages + p, pageaddr);
 		}
 
 		n = byok_hooks_wal_originals()->pwrite(fd, pages, wlen, first);
