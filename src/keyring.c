@@ -248,6 +248,15 @@ keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
 	if (buf == NULL)
 		return false;
 
+	/* a text file: a NUL byte anywhere is damage the string checks below would miss */
+	if (strlen(buf) != len)
+	{
+		byok_error_set(err, "It contains a NUL byte.", hint,
+					   "keyring file \"%s\" is corrupt", path);
+		free(buf);
+		return false;
+	}
+
 	/* the checksum line covers every byte before it */
 	cs = strstr(buf, CHECKSUM_PREFIX);
 	if (cs == NULL || (cs != buf && cs[-1] != '\n'))

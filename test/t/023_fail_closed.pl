@@ -152,9 +152,10 @@ sub write_keyring
 # One byte of the keyring XORed with a random non-zero mask.
 sub flipped
 {
-	my ($pos) = @_;
+	my ($pos, $mask) = @_;
 	my $c = $good_keyring;
-	substr($c, $pos, 1) = chr(ord(substr($c, $pos, 1)) ^ (1 + int(rand(255))));
+	$mask //= 1 + int(rand(255));
+	substr($c, $pos, 1) = chr(ord(substr($c, $pos, 1)) ^ $mask);
 	return $c;
 }
 
@@ -205,6 +206,25 @@ is_deeply(\@verify_ok, [],
 is_deeply(\@postgres_ok, [],
 	"postgres refuses to start with a flip of each of the $klen keyring bytes"
 );
+
+# The flips a string-based parser is most likely to miss, deterministically:
+# a byte turned into NUL (the last newline, the middle of the checksum, the
+# first byte) or into other white space.
+{
+	my @missed;
+	for my $case ([ $klen - 1, 0x0A ], [ $klen - 10, ord(substr($good_keyring, $klen - 10, 1)) ],
+		[ 0, ord(substr($good_keyring, 0, 1)) ], [ $klen - 1, 0x0A ^ 0x0D ], [ $klen - 1, 0x0A ^ 0x20 ])
+	{
+		my ($pos, $mask) = @$case;
+		write_keyring(flipped($pos, $mask));
+		my ($out, $err) = ('', '');
+		IPC::Run::run([ 'pg_byok', 'status', '-D', $pgdata ], '<', \undef, '>', \$out, '2>', \$err);
+		push @missed, sprintf('%d^0x%02x', $pos, $mask)
+		  unless ($? >> 8) == 1 && $err =~ /keyring file "[^"]*" is (corrupt|invalid|not supported)/;
+	}
+	write_keyring($good_keyring);
+	is_deeply(\@missed, [], 'keyring bytes turned into NUL or other white space are rejected');
+}
 
 # Random positions, through pg_ctl: refused, logged, data dir unchanged.
 my @positions = (0, $klen - 1);
