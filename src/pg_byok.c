@@ -1132,6 +1132,27 @@ cmd_verify(void)
 		exit(1);
 }
 
+/*
+ * The keyring of a stopped cluster, checked against its pg_control (the
+ * common start of rekey and restore-prepare).
+ */
+static void
+keyring_of_stopped_cluster(ByokKeyring *kr)
+{
+	ControlFileData *cf;
+	ByokError	err = {0};
+	bool		missing;
+
+	check_server_stopped();
+	cf = read_control_file();
+	if (!keyring_read(datadir, kr, &missing, &err))
+		report_error_and_exit(&err);
+	if (kr->system_identifier != cf->system_identifier)
+		pg_fatal("keyring belongs to system identifier %llu, this cluster is %llu",
+				 (unsigned long long) kr->system_identifier,
+				 (unsigned long long) cf->system_identifier);
+}
+
 /* --- restore-prepare ----------------------------------------------------------- */
 
 /*
@@ -1146,10 +1167,8 @@ cmd_verify(void)
 static void
 cmd_restore_prepare(void)
 {
-	ControlFileData *cf;
 	ByokKeyring kr;
 	ByokError	err = {0};
-	bool		missing;
 	ByokRootKey old_root;
 	ByokRootKey new_root;
 	uint8_t		material[BYOK_KEY_LEN];
@@ -1159,14 +1178,7 @@ cmd_restore_prepare(void)
 
 	if (opt_key_crn == NULL)
 		pg_fatal("restore-prepare needs --key-crn: the new disk key of the restored cluster");
-	check_server_stopped();
-	cf = read_control_file();
-	if (!keyring_read(datadir, &kr, &missing, &err))
-		report_error_and_exit(&err);
-	if (kr.system_identifier != cf->system_identifier)
-		pg_fatal("keyring belongs to system identifier %llu, this copy is %llu",
-				 (unsigned long long) kr.system_identifier,
-				 (unsigned long long) cf->system_identifier);
+	keyring_of_stopped_cluster(&kr);
 
 	configured_root(&kr, &old_root);
 	if (opt_use_backup_key)
@@ -1308,10 +1320,8 @@ cmd_waldump(const char *argv0, int nargs, char **args)
 static void
 cmd_rekey(void)
 {
-	ControlFileData *cf;
 	ByokKeyring kr;
 	ByokError	err = {0};
-	bool		missing;
 	ByokRootKey old_root;
 	ByokRootKey new_root;
 	uint8_t		material[BYOK_KEY_LEN];
@@ -1320,16 +1330,9 @@ cmd_rekey(void)
 
 	if ((opt_key_crn == NULL) == (!opt_local))
 		pg_fatal("rekey needs exactly one of --key-crn CRN or --local");
-	check_server_stopped();
-	cf = read_control_file();
-	if (!keyring_read(datadir, &kr, &missing, &err))
-		report_error_and_exit(&err);
+	keyring_of_stopped_cluster(&kr);
 	if (strcmp(kr.state, BYOK_STATE_ENABLED) != 0)
 		pg_fatal("encryption of \"%s\" is not finished; run pg_byok enable first", datadir);
-	if (kr.system_identifier != cf->system_identifier)
-		pg_fatal("keyring belongs to system identifier %llu, this cluster is %llu",
-				 (unsigned long long) kr.system_identifier,
-				 (unsigned long long) cf->system_identifier);
 
 	/* the old root key: what the keyring says */
 	memset(&old_root, 0, sizeof(old_root));
