@@ -93,6 +93,7 @@ static void byok_shmem_request(void);
 static void byok_shmem_startup(void);
 static void byok_on_exit(int code, Datum arg);
 static bool check_key_crn(char **newval, void **extra, GucSource source);
+static bool check_backup_key_crn(char **newval, void **extra, GucSource source);
 
 /* Report a ByokError at 'elevel'. */
 static void
@@ -151,7 +152,7 @@ _PG_init(void)
 							   "Full CRN of a second Key Protect key that wraps the key material for backups.",
 							   "Set, change or remove online (reload): the key watchdog updates the keyring.",
 							   &byok_backup_key_crn, "", PGC_SIGHUP, 0,
-							   check_key_crn, NULL, NULL);
+							   check_backup_key_crn, NULL, NULL);
 	DefineCustomStringVariable("byok.kms_endpoint",
 							   "Key Protect API endpoint; empty means derived from the key CRN's region.",
 							   NULL, &byok_kms_endpoint, "", PGC_POSTMASTER, 0,
@@ -210,13 +211,14 @@ _PG_init(void)
 }
 
 /*
- * byok.key_crn must be a full key CRN.  While preloading, a bad value is
- * remembered and reported as FATAL by _PG_init (a rejected placeholder
- * would otherwise only be a WARNING and silently fall back to the local
- * root key); anywhere else (ALTER SYSTEM) it is rejected with the hint.
+ * byok.key_crn and byok.backup_key_crn must be full key CRNs.  While
+ * preloading, a bad value is remembered and reported as FATAL by _PG_init
+ * (a rejected placeholder would otherwise only be a WARNING and silently
+ * fall back to the local root key); anywhere else (ALTER SYSTEM) it is
+ * rejected with the hint.
  */
 static bool
-check_key_crn(char **newval, void **extra, GucSource source)
+check_crn_setting(const char *name, char **newval)
 {
 	ByokCrn		crn;
 	ByokError	err = {0};
@@ -227,7 +229,7 @@ check_key_crn(char **newval, void **extra, GucSource source)
 	{
 		char		msg[sizeof(err.msg)];
 
-		snprintf(msg, sizeof(msg), "invalid value for parameter \"byok.key_crn\": %s", err.msg);
+		snprintf(msg, sizeof(msg), "invalid value for parameter \"%s\": %s", name, err.msg);
 		strlcpy(err.msg, msg, sizeof(err.msg));
 		startup_crn_error = err;
 		startup_crn_invalid = true;
@@ -239,6 +241,18 @@ check_key_crn(char **newval, void **extra, GucSource source)
 	if (err.hint[0])
 		GUC_check_errhint("%s", err.hint);
 	return false;
+}
+
+static bool
+check_key_crn(char **newval, void **extra, GucSource source)
+{
+	return check_crn_setting("byok.key_crn", newval);
+}
+
+static bool
+check_backup_key_crn(char **newval, void **extra, GucSource source)
+{
+	return check_crn_setting("byok.backup_key_crn", newval);
 }
 
 /* The root key as configured in this process's GUCs. */

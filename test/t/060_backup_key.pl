@@ -162,5 +162,21 @@ like(slurp_file($restored->logfile), qr/WARNING:  byok.backup_key_crn names the 
 	'and the log warns');
 $restored->stop;
 
+# a malformed backup key CRN stops the server, naming the right setting
+$restored->append_conf('postgresql.conf', "byok.backup_key_crn = '$backup->{id}'\n");
+{
+	my $auto = $restored->data_dir . '/postgresql.auto.conf';
+	my $text = slurp_file($auto);
+	$text =~ s/^byok\.backup_key_crn = .*\n//mg;
+	open(my $fh, '>', $auto) or die $!;
+	print $fh $text;
+	close $fh;
+}
+my $offset = -s $restored->logfile;
+ok(!$restored->start(fail_ok => 1), 'bare key id as byok.backup_key_crn: refused');
+like(slurp_file($restored->logfile, $offset),
+	qr/FATAL:  invalid value for parameter "byok.backup_key_crn": invalid key CRN/,
+	'the FATAL names byok.backup_key_crn');
+
 stop_emulator($emu);
 done_testing();
