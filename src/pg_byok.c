@@ -1153,6 +1153,22 @@ keyring_of_stopped_cluster(ByokKeyring *kr)
 				 (unsigned long long) cf->system_identifier);
 }
 
+/*
+ * Wrap the key material under 'root', wipe it, and write the keyring (the
+ * common end of rekey and restore-prepare).  Handles key material.
+ */
+static void
+wrap_and_write_keyring(ByokKeyring *kr, const ByokRootKey *root,
+					   uint8_t material[BYOK_KEY_LEN])
+{
+	ByokError	err = {0};
+	bool		ok = provider_wrap(kr, root, material, &err);
+
+	byok_wipe(material, BYOK_KEY_LEN);
+	if (!ok || !keyring_write(datadir, kr, &err))
+		report_error_and_exit(&err);
+}
+
 /* --- restore-prepare ----------------------------------------------------------- */
 
 /*
@@ -1201,14 +1217,7 @@ cmd_restore_prepare(void)
 	new_root.kms = old_root.kms;
 	snprintf(new_root.provider, sizeof(new_root.provider), "%s", BYOK_PROVIDER_KEYPROTECT);
 	snprintf(new_root.kms.key_crn, sizeof(new_root.kms.key_crn), "%s", opt_key_crn);
-	if (!provider_wrap(&kr, &new_root, material, &err))
-	{
-		byok_wipe(material, sizeof(material));
-		report_error_and_exit(&err);
-	}
-	byok_wipe(material, sizeof(material));
-	if (!keyring_write(datadir, &kr, &err))
-		report_error_and_exit(&err);
+	wrap_and_write_keyring(&kr, &new_root, material);
 	if (!lock_remove(datadir, &err))
 		report_error_and_exit(&err);
 
@@ -1376,14 +1385,7 @@ cmd_rekey(void)
 
 	if (!provider_unwrap(&kr, &old_root, material, &changed, &err))
 		report_error_and_exit(&err);
-	if (!provider_wrap(&kr, &new_root, material, &err))
-	{
-		byok_wipe(material, sizeof(material));
-		report_error_and_exit(&err);
-	}
-	byok_wipe(material, sizeof(material));
-	if (!keyring_write(datadir, &kr, &err))
-		report_error_and_exit(&err);
+	wrap_and_write_keyring(&kr, &new_root, material);
 	byok_audit("byok.rekey", kr.key_crn, kr.key_version, "", true, 0, old_desc);
 	printf("%s: the cluster key of \"%s\" is now wrapped by %s (key version %s); no data was rewritten\n",
 		   progname, datadir, kr.key_crn[0] ? kr.key_crn : kr.root_key_file, kr.key_version);
