@@ -35,7 +35,8 @@ CREATE FUNCTION byok_status(
     OUT backup_key_version text,
     OUT backup_key_state text,
     OUT wal_pages_encrypted bigint,
-    OUT wal_pages_decrypted bigint)
+    OUT wal_pages_decrypted bigint,
+    OUT cipher_implementation text)
 RETURNS record
 AS 'MODULE_PATHNAME', 'byok_status'
 LANGUAGE C STRICT PARALLEL SAFE;

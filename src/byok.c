@@ -495,8 +495,8 @@ Datum
 byok_status(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
-	Datum		values[27];
-	bool		nulls[27] = {0};
+	Datum		values[28];
+	bool		nulls[28] = {0};
 	uint64		wal_encrypted;
 	uint64		wal_decrypted;
 	int			backup_state = -1;
@@ -595,6 +595,7 @@ byok_status(PG_FUNCTION_ARGS)
 	byok_wal_stats(&wal_encrypted, &wal_decrypted);
 	values[i++] = Int64GetDatum((int64) wal_encrypted);
 	values[i++] = Int64GetDatum((int64) wal_decrypted);
+	values[i++] = CStringGetTextDatum(byok_crypto_implementation());
 	Assert(i == lengthof(values));
 
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));

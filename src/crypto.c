@@ -59,6 +59,7 @@
 #include "storage/checksum_impl.h"
 #endif
 
+#include "aes_hw.h"
 #include "crypto.h"
 
 StaticAssertDecl(BLCKSZ == BYOK_PAGE_SIZE, "byok supports BLCKSZ 8192 only");
@@ -80,12 +81,15 @@ typedef struct ByokKeyState
 {
 	uint8_t		material[BYOK_KEY_LEN];	/* cluster key material */
 	uint8_t		scratch[BYOK_KEY_LEN];	/* derivation scratch, wiped */
+	ByokAesSchedule page_hw;	/* page data key, for aes_hw.c */
+	ByokAesSchedule iv_hw[3];	/* IV keys (BYOK_IV_FORKS), for aes_hw.c */
 } ByokKeyState;
 
-/* An epoch's WAL key: a CTR context with the key set. */
+/* An epoch's WAL key: a CTR context with the key set, and its round keys. */
 struct ByokWalKey
 {
 	EVP_CIPHER_CTX *ctx;
+	ByokAesSchedule hw;			/* used only if use_hw */
 };
 
 #define WAL_KEY_CACHE		8
@@ -103,6 +107,14 @@ static ByokKeyState *key_state = NULL;
 static EVP_CIPHER_CTX *page_ctx = NULL;	/* AES-256-CTR, page data key */
 static EVP_CIPHER_CTX *iv_ctx[BYOK_IV_FORKS];	/* AES-256-ECB, IV keys */
 static bool crypto_ready = false;
+
+/*
+ * Which code computes AES: VAES/AVX2 (aes_hw.c) when the CPU has it,
+ * else OpenSSL.  Both produce the same bytes; BYOK_CIPHER_IMPL=openssl in
+ * the environment forces OpenSSL (to compare, or to rule the faster path
+ * out when diagnosing).
+ */
+static bool use_hw = false;
 
 static const uint8_t zero_chunk[BYOK_BLOCK_LEN];
 
@@ -199,7 +211,30 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 {
 	char		info[64];
 
+	const char *impl = getenv("BYOK_CIPHER_IMPL");
+
 	byok_crypto_wipe();
+
+	if (impl != NULL && impl[0] != '\0' && strcmp(impl, "auto") != 0 &&
+		strcmp(impl, "openssl") != 0 && strcmp(impl, "vaes") != 0)
+	{
+		char		detail[128];
+
+		snprintf(detail, sizeof(detail),
+				 "The environment variable BYOK_CIPHER_IMPL is set to \"%.60s\".", impl);
+		byok_error_set(err, detail, "Unset it, or set it to auto, openssl or vaes.",
+					   "invalid cipher implementation \"%.60s\"", impl);
+		return false;
+	}
+	use_hw = byok_aes_hw_available() &&
+		!(impl != NULL && strcmp(impl, "openssl") == 0);
+	if (impl != NULL && strcmp(impl, "vaes") == 0 && !use_hw)
+	{
+		byok_error_set(err, "BYOK_CIPHER_IMPL=vaes, but this CPU (or the kernel) lacks AES-NI, AVX2 or VAES.",
+					   "Unset BYOK_CIPHER_IMPL to use OpenSSL on this machine.",
+					   "the VAES cipher implementation is not available");
+		return false;
+	}
 
 	if (key_state == NULL)
 	{
@@ -223,6 +258,8 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 				   "byok v1 page data key", key_state->scratch, BYOK_KEY_LEN) ||
 		(page_ctx = crypto_new_ctx(EVP_aes_256_ctr(), key_state->scratch)) == NULL)
 		goto fail;
+	if (use_hw)
+		byok_aes_hw_expand(key_state->scratch, &key_state->page_hw);
 
 	for (int f = 0; f < BYOK_IV_FORKS; f++)
 	{
@@ -231,6 +268,8 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 					   key_state->scratch, BYOK_KEY_LEN) ||
 			(iv_ctx[f] = crypto_new_ctx(EVP_aes_256_ecb(), key_state->scratch)) == NULL)
 			goto fail;
+		if (use_hw)
+			byok_aes_hw_expand(key_state->scratch, &key_state->iv_hw[f]);
 	}
 	byok_wipe(key_state->scratch, BYOK_KEY_LEN);
 	crypto_ready = true;
@@ -269,6 +308,12 @@ bool
 byok_crypto_ready(void)
 {
 	return crypto_ready;
+}
+
+const char *
+byok_crypto_implementation(void)
+{
+	return use_hw ? "vaes-avx2" : "openssl";
 }
 
 /* Copy the key material in use (to wrap it under another key): handles key
@@ -313,6 +358,19 @@ page_iv_fork(int forknum)
 	return forknum == BYOK_INIT_FORKNUM ? BYOK_MAIN_FORKNUM : forknum;
 }
 
+/* One AES-256-ECB block under the IV key of 'fork'. */
+static inline void
+ecb_block(int fork, const uint8_t in[BYOK_BLOCK_LEN], uint8_t out[BYOK_BLOCK_LEN])
+{
+	int			outl = 0;
+
+	if (use_hw)
+		byok_aes_hw_encrypt_block(&key_state->iv_hw[fork], in, out);
+	else if (EVP_EncryptUpdate(iv_ctx[fork], out, &outl, in, BYOK_BLOCK_LEN) != 1 ||
+			 outl != BYOK_BLOCK_LEN)
+		crypto_bug("could not build a page counter block");
+}
+
 /*
  * The counter block of a page (see the file header).  This and
  * byok_wal_counter_block are the only places counter blocks are built.
@@ -322,7 +380,6 @@ byok_page_counter_block(uint64_t nonce, const ByokPageId *id,
 						uint8_t out[BYOK_BLOCK_LEN])
 {
 	uint8_t		in[BYOK_BLOCK_LEN];
-	int			outl = 0;
 	int			fork = page_iv_fork(id->forknum);
 
 	if (!crypto_ready || fork < 0 || fork >= BYOK_IV_FORKS)
@@ -331,9 +388,7 @@ byok_page_counter_block(uint64_t nonce, const ByokPageId *id,
 	put_be64(in, nonce);
 	put_be32(in + 8, id->relnumber);
 	put_be32(in + 12, id->blkno);
-	if (EVP_EncryptUpdate(iv_ctx[fork], out, &outl, in, BYOK_BLOCK_LEN) != 1 ||
-		outl != BYOK_BLOCK_LEN)
-		crypto_bug("could not build a page counter block");
+	ecb_block(fork, in, out);
 
 	/*
 	 * A tweak (temporary relations) is applied after the first permutation
@@ -346,9 +401,7 @@ byok_page_counter_block(uint64_t nonce, const ByokPageId *id,
 		put_be64(in + 8, ~id->tweak);
 		for (int i = 0; i < BYOK_BLOCK_LEN; i++)
 			in[i] ^= out[i];
-		if (EVP_EncryptUpdate(iv_ctx[fork], out, &outl, in, BYOK_BLOCK_LEN) != 1 ||
-			outl != BYOK_BLOCK_LEN)
-			crypto_bug("could not build a page counter block");
+		ecb_block(fork, in, out);
 	}
 	/* the low 9 bits count the CTR steps inside the page */
 	out[BYOK_BLOCK_LEN - 2] &= (uint8_t) ~((1 << (BYOK_PAGE_COUNTER_BITS - 8)) - 1);
@@ -363,13 +416,19 @@ byok_wal_counter_block(uint32_t tli, uint64_t pos, uint8_t out[BYOK_BLOCK_LEN])
 	put_be64(out + 8, pos / BYOK_BLOCK_LEN);
 }
 
-/* AES-256-CTR of 'len' bytes with a context whose key is set. */
+/*
+ * AES-256-CTR of 'len' bytes with a context whose key is set, or with the
+ * same key's round keys 'hw' (NULL: OpenSSL only).
+ */
 static void
-ctr_crypt(EVP_CIPHER_CTX *ctx, const uint8_t iv[BYOK_BLOCK_LEN],
+ctr_crypt(EVP_CIPHER_CTX *ctx, const ByokAesSchedule *hw,
+		  const uint8_t iv[BYOK_BLOCK_LEN],
 		  const uint8_t *in, uint8_t *out, size_t len)
 {
 	int			outl = 0;
 
+	if (hw != NULL && use_hw && byok_aes_hw_ctr(hw, iv, in, out, len))
+		return;
 	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1 ||
 		EVP_EncryptUpdate(ctx, out, &outl, in, (int) len) != 1 ||
 		(size_t) outl != len)
@@ -382,7 +441,7 @@ byok_ctr_page_key(const uint8_t iv[BYOK_BLOCK_LEN], const uint8_t *in,
 {
 	if (!crypto_ready)
 		crypto_bug("page cipher used without keys");
-	ctr_crypt(page_ctx, iv, in, out, len);
+	ctr_crypt(page_ctx, &key_state->page_hw, iv, in, out, len);
 }
 
 bool
@@ -394,7 +453,7 @@ byok_aes256_ctr_raw(const uint8_t key[BYOK_KEY_LEN],
 
 	if (ctx == NULL)
 		return false;
-	ctr_crypt(ctx, iv, in, out, len);
+	ctr_crypt(ctx, NULL, iv, in, out, len);
 	EVP_CIPHER_CTX_free(ctx);
 	return true;
 }
@@ -493,7 +552,7 @@ byok_page_encrypt(const char *src, char *dst, const ByokPageId *id,
 
 	byok_page_counter_block(nonce, id, iv);
 	page_set_lsn(dst, nonce);
-	ctr_crypt(page_ctx, iv, (const uint8_t *) src + BYOK_PAGE_CLEAR_BYTES,
+	ctr_crypt(page_ctx, &key_state->page_hw, iv, (const uint8_t *) src + BYOK_PAGE_CLEAR_BYTES,
 			  (uint8_t *) dst + BYOK_PAGE_CLEAR_BYTES,
 			  BYOK_PAGE_SIZE - BYOK_PAGE_CLEAR_BYTES);
 
@@ -518,7 +577,7 @@ byok_page_decrypt(char *page, const ByokPageId *id, bool checksums)
 
 	nonce = page_get_lsn(page);
 	byok_page_counter_block(nonce, id, iv);
-	ctr_crypt(page_ctx, iv, (uint8_t *) page + BYOK_PAGE_CLEAR_BYTES,
+	ctr_crypt(page_ctx, &key_state->page_hw, iv, (uint8_t *) page + BYOK_PAGE_CLEAR_BYTES,
 			  (uint8_t *) page + BYOK_PAGE_CLEAR_BYTES,
 			  BYOK_PAGE_SIZE - BYOK_PAGE_CLEAR_BYTES);
 	if (nonce & BYOK_SYNTHETIC_NONCE_BIT)
@@ -560,6 +619,8 @@ byok_wal_key_create(const uint8_t salt[BYOK_KEY_LEN])
 		free(key);
 		return NULL;
 	}
+	if (use_hw)
+		byok_aes_hw_expand(k, &key->hw);
 	byok_wipe(k, sizeof(k));
 	return key;
 }
@@ -570,6 +631,7 @@ byok_wal_key_free(ByokWalKey *key)
 	if (key == NULL)
 		return;
 	EVP_CIPHER_CTX_free(key->ctx);
+	byok_wipe(&key->hw, sizeof(key->hw));
 	free(key);
 }
 
@@ -593,7 +655,7 @@ wal_crypt_partial(ByokWalKey *key, uint32_t tli, uint64_t pos, size_t skip,
 	uint8_t		ks[BYOK_BLOCK_LEN];
 
 	byok_wal_counter_block(tli, pos, iv);
-	ctr_crypt(key->ctx, iv, zero_chunk, ks, BYOK_BLOCK_LEN);
+	ctr_crypt(key->ctx, &key->hw, iv, zero_chunk, ks, BYOK_BLOCK_LEN);
 	for (size_t i = 0; i < len; i++)
 		out[i] = in[i] ^ ks[skip + i];
 	byok_wipe(ks, sizeof(ks));
@@ -638,7 +700,7 @@ byok_wal_crypt(ByokWalKey *key, uint32_t tli, uint64_t pos,
 			uint8_t		iv[BYOK_BLOCK_LEN];
 
 			byok_wal_counter_block(tli, pos, iv);
-			ctr_crypt(key->ctx, iv, in, out, run);
+			ctr_crypt(key->ctx, &key->hw, iv, in, out, run);
 		}
 		pos += run;
 		in += run;
@@ -708,7 +770,7 @@ wal_page_crypt(ByokWalKey *key, uint16_t version, uint64_t pageaddr,
 	uint8_t		iv[BYOK_BLOCK_LEN];
 
 	byok_wal_counter_block(version, pageaddr, iv);
-	ctr_crypt(key->ctx, iv, (const uint8_t *) in, (uint8_t *) out, head);
+	ctr_crypt(key->ctx, &key->hw, iv, (const uint8_t *) in, (uint8_t *) out, head);
 	if (len > head)
 		byok_wal_crypt(key, version, pageaddr + head, (const uint8_t *) in + head,
 					   (uint8_t *) out + head, len - head);

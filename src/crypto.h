@@ -79,6 +79,8 @@ extern bool byok_crypto_init(const uint8_t *key_material, ByokError *err);
 /* Wipe every key and context (lock, exit). */
 extern void byok_crypto_wipe(void);
 extern bool byok_crypto_ready(void);
+/* "vaes-avx2" or "openssl": which code computes AES in this process. */
+extern const char *byok_crypto_implementation(void);
 extern bool byok_crypto_material_equals(const uint8_t material[BYOK_KEY_LEN]);
 extern bool byok_crypto_material_copy(uint8_t out[BYOK_KEY_LEN]);
 

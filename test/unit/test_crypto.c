@@ -23,6 +23,7 @@
 
 #include "storage/checksum.h"
 
+#include "aes_hw.h"
 #include "crypto.h"
 
 #define PAGE		BYOK_PAGE_SIZE
@@ -1383,6 +1384,261 @@ test_keys(const uint8_t *salt1)
 	}
 }
 
+/* ---------------------------------------------------------------------
+ * 11. The VAES implementation (aes_hw.c) against OpenSSL
+ * --------------------------------------------------------------------- */
+
+/* Name of a test that runs only where VAES is available. */
+static const char *
+hw_name(const char *name)
+{
+	static char buf[256];
+
+	snprintf(buf, sizeof(buf), "%s%s", name,
+			 byok_aes_hw_available() ? "" : " # SKIP no VAES/AVX2 on this CPU");
+	return buf;
+}
+
+static void
+test_hw_kat(void)
+{
+	ByokAesSchedule sched;
+	uint8_t		key[32],
+				ctr[16],
+				ctr3[16],
+				pt[64],
+				ct[64],
+				out[64],
+				blk[16],
+				want[16];
+
+	if (!byok_aes_hw_available())
+	{
+		TEST_BEGIN;
+		TEST_END(hw_name("FIPS-197 C.3 and NIST F.5.5 with VAES"));
+		return;
+	}
+	{
+		/* FIPS-197 Appendix C.3: AES-256 (Nk=8, Nr=14), one block */
+		TEST_BEGIN;
+		hex_decode("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f", key, 32);
+		hex_decode("00112233445566778899aabbccddeeff", blk, 16);
+		hex_decode("8ea2b7ca516745bfeafc49904b496089", want, 16);
+		byok_aes_hw_expand(key, &sched);
+		byok_aes_hw_encrypt_block(&sched, blk, out);
+		CHECK(memcmp(out, want, 16) == 0);
+		if (!ok)
+			hex_print("got", out, 16);
+		/* FIPS-197 A.3: the last round key of the expansion of 603deb10... */
+		hex_decode(nist_key, key, 32);
+		hex_decode("fe4890d1e6188d0b046df344706c631e", want, 16);
+		byok_aes_hw_expand(key, &sched);
+		CHECK(memcmp(sched.rk[14], want, 16) == 0);
+		/* each round key is stored once per 128-bit lane */
+		for (int r = 0; r <= BYOK_AES256_ROUNDS; r++)
+			for (int lane = 1; lane < 2; lane++)
+				CHECK(memcmp(sched.rk[r], sched.rk[r] + 16 * lane, 16) == 0);
+		TEST_END("VAES: FIPS-197 C.3 block, A.3 key expansion");
+	}
+	{
+		TEST_BEGIN;
+		hex_decode(nist_ctr, ctr, 16);
+		hex_decode(nist_pt, pt, 64);
+		hex_decode(nist_ct, ct, 64);
+		hex_decode("f0f1f2f3f4f5f6f7f8f9fafbfcfdff01", ctr3, 16);
+		memset(out, 0, sizeof(out));
+		CHECK(byok_aes_hw_ctr(&sched, ctr, pt, out, 64));
+		CHECK(memcmp(out, ct, 64) == 0);
+		CHECK(byok_aes_hw_ctr(&sched, ctr, ct, out, 64));
+		CHECK(memcmp(out, pt, 64) == 0);
+		CHECK(byok_aes_hw_ctr(&sched, ctr3, pt + 32, out, 16));
+		CHECK(memcmp(out, ct + 32, 16) == 0);
+		memset(out, 0xAA, sizeof(out));
+		CHECK(byok_aes_hw_ctr(&sched, ctr, pt, out, 37));
+		CHECK(memcmp(out, ct, 37) == 0);
+		CHECKM(out[37] == 0xAA && out[63] == 0xAA, "wrote past 'len'");
+		TEST_END("VAES: NIST SP 800-38A F.5.5/F.5.6 CTR-AES256, block #3, 37 bytes");
+	}
+	byok_wipe(&sched, sizeof(sched));
+}
+
+/*
+ * Random keys, counters and lengths: the VAES code gives OpenSSL's bytes,
+ * in place and out of place, across the 2^32 boundary of the counter; it
+ * refuses (and writes nothing) where the low 64 bits would wrap.
+ */
+static void
+test_hw_vs_openssl(void)
+{
+	static const size_t fixed_lens[] = {0, 1, 15, 16, 17, 63, 64, 65, 255, 256,
+	257, 511, 1000, 4096, 8184, 8192};
+	static uint8_t in[8192 + 64],
+				want[8192 + 64],
+				got[8192 + 64];
+	ByokAesSchedule sched;
+	uint8_t		key[32],
+				iv[16];
+	int			trials = 0;
+
+	if (!byok_aes_hw_available())
+	{
+		TEST_BEGIN;
+		TEST_END(hw_name("VAES CTR equals OpenSSL CTR"));
+		return;
+	}
+	{
+		TEST_BEGIN;
+		for (int t = 0; t < 600; t++)
+		{
+			size_t		len = t < (int) lengthof(fixed_lens) ? fixed_lens[t] :
+				(size_t) (rng_next() % 8193);
+			uint64_t	low;
+			bool		inplace = (t % 3) == 2;
+
+			rng_fill(key, sizeof(key));
+			rng_fill(iv, sizeof(iv));
+			rng_fill(in, len);
+			/* every fourth: a counter about to carry out of its low 32 bits */
+			if (t % 4 == 1)
+			{
+				low = UINT64_C(0x00000000FFFFFFF0) + (rng_next() % 16) +
+					((rng_next() & 0xFFFF) << 32);
+				for (int i = 0; i < 8; i++)
+					iv[8 + i] = (uint8_t) (low >> (56 - 8 * i));
+			}
+			/* and keep the low 64 bits clear of wrapping */
+			iv[8] &= 0x7F;
+			CHECK(byok_aes256_ctr_raw(key, iv, in, want, len));
+			byok_aes_hw_expand(key, &sched);
+			if (inplace)
+			{
+				memcpy(got, in, len);
+				CHECK(byok_aes_hw_ctr(&sched, iv, got, got, len));
+			}
+			else
+			{
+				memset(got, 0x5C, sizeof(got));
+				CHECK(byok_aes_hw_ctr(&sched, iv, in, got, len));
+				CHECKM(got[len] == 0x5C, "len %zu: wrote past the end", len);
+			}
+			CHECKM(memcmp(got, want, len) == 0, "trial %d, len %zu, %s: VAES differs from OpenSSL",
+				   t, len, inplace ? "in place" : "out of place");
+			trials++;
+		}
+		TEST_END("VAES CTR equals OpenSSL CTR: 600 random keys, counters, lengths 0..8192");
+	}
+	{
+		/* a counter 2 blocks short of 2^64 in its low half */
+		TEST_BEGIN;
+		memset(iv, 0, 8);
+		memset(iv + 8, 0xFF, 8);
+		iv[15] = 0xFE;
+		memset(got, 0x5C, 64);
+		CHECK(byok_aes_hw_ctr(&sched, iv, in, got, 32));	/* ...FE, ...FF: fine */
+		CHECK(!byok_aes_hw_ctr(&sched, iv, in, got + 32, 33));	/* would wrap */
+		CHECK(got[32] == 0x5C && got[63] == 0x5C);
+		TEST_END("VAES CTR refuses a counter whose low 64 bits would wrap, writes nothing");
+	}
+	byok_wipe(&sched, sizeof(sched));
+	(void) trials;
+}
+
+/*
+ * The format does not depend on the implementation: under fixed key
+ * material, a fixed page and a fixed WAL page encrypt to pinned digests
+ * with OpenSSL and with VAES, and each decrypts the other's output.
+ */
+static void
+sha_hex(const void *p, size_t len, char out[65])
+{
+	uint8_t		d[32];
+
+	byok_sha256(p, len, d);
+	for (int i = 0; i < 32; i++)
+		sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+static void
+encrypt_fixed(char *page_ct, char *wal_ct, PGAlignedBlock *page_src,
+			  PGAlignedXLogBlock *wal_src)
+{
+	ByokPageId	id = page_id(TEST_REL, BYOK_MAIN_FORKNUM, TEST_BLK, 0);
+	ByokPageId	tid = page_id(TEST_REL, BYOK_MAIN_FORKNUM, TEST_BLK, UINT64_C(0x1234567890ABCDEF));
+
+	rng_state = UINT64_C(0x0DDC0FFEE);
+	make_page(page_src->data, TEST_LSN, TEST_BLK, true);
+	byok_page_encrypt(page_src->data, page_ct, &id, true);
+	byok_page_encrypt(page_src->data, page_ct + PAGE, &tid, false);
+	rng_fill(wal_src->data, XLOG_PAGE);
+	memset(wal_src->data + 4000, 0, 48);	/* zero chunks stay zero */
+	byok_wal_page_encrypt(wal_src->data, wal_ct, XLOG_PAGE, UINT64_C(0x5000000),
+						  0xC0FFEE, 77);
+}
+
+static void
+test_impl_equivalence(void)
+{
+	static char page_ct[2][2 * PAGE],
+				wal_ct[2][XLOG_PAGE];
+	PGAlignedBlock src,
+				page;
+	PGAlignedXLogBlock wsrc,
+				wpage;
+	ByokPageId	id = page_id(TEST_REL, BYOK_MAIN_FORKNUM, TEST_BLK, 0);
+	ByokError	err;
+	char		sha_page[65],
+				sha_wal[65];
+	const char *impls[2] = {"openssl", "auto"};
+
+	for (int i = 0; i < 2; i++)
+	{
+		TEST_BEGIN;
+		setenv("BYOK_CIPHER_IMPL", impls[i], 1);
+		CHECKM(byok_crypto_init(key_material_1, &err), "%s", err.msg);
+		CHECK(strcmp(byok_crypto_implementation(),
+					 i == 0 || !byok_aes_hw_available() ? "openssl" : "vaes-avx2") == 0);
+		encrypt_fixed(page_ct[i], wal_ct[i], &src, &wsrc);
+		sha_hex(page_ct[i], sizeof(page_ct[i]), sha_page);
+		sha_hex(wal_ct[i], sizeof(wal_ct[i]), sha_wal);
+		CHECKM(strcmp(sha_page, "7405befa21f76f03b205400241a493dac73f129279fcdff95ad86c609a256b35") == 0, "page ciphertext sha256 %s", sha_page);
+		CHECKM(strcmp(sha_wal, "7eda9c955a70566a14c0c2f591af182a27cb7c3e49026373f124b361f186661b") == 0, "WAL ciphertext sha256 %s", sha_wal);
+
+		/* the OpenSSL ciphertext decrypts under either implementation */
+		memcpy(page.data, page_ct[0], PAGE);
+		CHECK(byok_page_decrypt(page.data, &id, true) == BYOK_PAGE_OK);
+		CHECK(memcmp(page.data, src.data, PAGE) == 0);
+		TEST_END(i == 0 ? "format pinned: page (plain, checksummed, temp tweak) and WAL page digests with OpenSSL"
+				 : hw_name("format pinned: the same digests with VAES (BYOK_CIPHER_IMPL=auto)"));
+	}
+	{
+		TEST_BEGIN;
+		/* (VAES still selected, if available) */
+		memcpy(page.data, page_ct[1], PAGE);
+		CHECK(byok_page_decrypt(page.data, &id, true) == BYOK_PAGE_OK);
+		CHECK(memcmp(page.data, src.data, PAGE) == 0);
+		for (int i = 0; i < 2; i++)
+		{
+			memcpy(wpage.data, wal_ct[i], XLOG_PAGE);
+			CHECK(byok_wal_page_decrypt(wpage.data, XLOG_PAGE) == BYOK_WAL_PAGE_DECRYPTED);
+			/* the header comes back as PostgreSQL wrote it, minus what byok owns */
+			CHECK(memcmp(wpage.data + 32, wsrc.data + 32, XLOG_PAGE - 32) == 0);
+		}
+		TEST_END("pages and WAL pages of either implementation decrypt to the same plaintext");
+	}
+	{
+		TEST_BEGIN;
+		setenv("BYOK_CIPHER_IMPL", "aesni", 1);
+		memset(&err, 0, sizeof(err));
+		CHECK(!byok_crypto_init(key_material_1, &err));
+		CHECK(!byok_crypto_ready());
+		CHECKM(strcmp(err.msg, "invalid cipher implementation \"aesni\"") == 0, "%s", err.msg);
+		CHECK(strstr(err.hint, "auto, openssl or vaes") != NULL);
+		unsetenv("BYOK_CIPHER_IMPL");
+		CHECKM(byok_crypto_init(key_material_1, &err), "%s", err.msg);
+		TEST_END("BYOK_CIPHER_IMPL=aesni is refused with the accepted values");
+	}
+}
+
 /* --------------------------------------------------------------------- */
 
 int
@@ -1453,6 +1709,10 @@ main(void)
 	test_hkdf();
 
 	test_keys(salt1);
+
+	test_hw_kat();
+	test_hw_vs_openssl();
+	test_impl_equivalence();
 
 	byok_crypto_wipe();
 	printf("%d passed, %d failed\n", n_pass, n_fail);
