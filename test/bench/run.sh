@@ -408,14 +408,33 @@ init_dbs byok & pid_b=$!
 wait "$pid_s" || { cat "$WORK/stock.init.log" >&2; die "pgbench -i failed on stock"; }
 wait "$pid_b" || { cat "$WORK/byok.init.log" >&2; die "pgbench -i failed on byok"; }
 
+# KiB read from block devices since boot (all devices)
+disk_kib() { awk '$1 == "pgpgin" { print $2 }' /proc/vmstat; }
+
+# Read every file of database $2 of cluster $1, so that the OS page cache
+# holds all of it.  Done before every select-only run, not once: some
+# kernels page out file cache that has not been touched for a while (DAMON
+# reclaim on the VMs this was written on takes what was idle for 30 s), and
+# the cluster that waited while the other one ran would start its run
+# reading from disk.
+prewarm()
+{
+	local oid
+	oid=$(sql "$1" "$2" "SELECT oid FROM pg_database WHERE datname = current_database()")
+	find "$(dir_of "$1")/base/$oid" -type f -exec cat {} + >/dev/null
+}
+
 # One pgbench run; appends "name tps blks_read_delta foreign_cpu_pct
-# cpu_us_per_tx" to the given file and prints "tps foreign_cpu_pct".
-# cpu_us_per_tx is the CPU time of the cluster and pgbench per transaction:
-# unlike tps it hardly moves when other processes take CPU time away.
+# cpu_us_per_tx disk_kib" to the given file and prints "tps
+# foreign_cpu_pct".  cpu_us_per_tx is the CPU time of the cluster and
+# pgbench per transaction: unlike tps it hardly moves when other processes
+# take CPU time away.  disk_kib is what the machine read from disk during
+# the run (the select-only case should read nothing: its data is in the
+# page cache).
 bench_run()
 {
 	local name=$1 db=$2 secs=$3 out=$4 select_only=$5 quiet=${6:-$QUIET_WAIT} port raw r0 r1 tps
-	local pm c0 c1 o0 o1 cpu foreign ntx cpu_tx
+	local pm c0 c1 o0 o1 cpu foreign ntx cpu_tx d0 d1
 	port=$(port_of "$name")
 	raw="$WORK/raw/pgbench.$(basename "$out" .txt).$name.$(date +%s%N).txt"
 	local args=(-c "$CLIENTS" -j "$CLIENTS" -T "$secs" -p "$port")
@@ -426,7 +445,9 @@ bench_run()
 	fi
 	r0=$(sql "$name" "$db" "SELECT blks_read FROM pg_stat_database WHERE datname = current_database()")
 	wait_quiet "$quiet"
+	[ "$select_only" -eq 0 ] || prewarm "$name" "$db"
 	pm=$(postmaster_pid "$name")
+	d0=$(disk_kib)
 	c0=$(cpu_jiffies)
 	o0=$(cluster_jiffies "$pm")
 	# shellcheck disable=SC2086
@@ -435,6 +456,7 @@ bench_run()
 		{ cat "$raw" >&2; die "pgbench failed on $name"; }
 	c1=$(cpu_jiffies)
 	o1=$(cluster_jiffies "$pm")
+	d1=$(disk_kib)
 	cpu=$(cat "$raw.time")
 	echo "cpu_jiffies $c0 -> $c1; cluster_jiffies $o0 -> $o1; pgbench user/sys s $cpu; CLK_TCK $CLK_TCK" >"$raw.acct"
 	foreign=$(awk -v c0="$c0" -v c1="$c1" -v o0="$o0" -v o1="$o1" -v cpu="$cpu" -v hz="$CLK_TCK" \
@@ -451,7 +473,7 @@ bench_run()
 		'BEGIN { split(cpu, p, " "); printf "%.2f\n", (n > 0 ? 1e6 * ((o1 - o0) / hz + p[1] + p[2]) / n : 0) }')
 	sleep 1		# let the exiting backends flush their I/O statistics
 	r1=$(sql "$name" "$db" "SELECT blks_read FROM pg_stat_database WHERE datname = current_database()")
-	echo "$name $tps $((r1 - r0)) $foreign $cpu_tx" >>"$out"
+	echo "$name $tps $((r1 - r0)) $foreign $cpu_tx $((d1 - d0))" >>"$out"
 	echo "$tps $foreign"
 }
 
@@ -478,6 +500,7 @@ case_runs() { awk -v n="$2" '$1 == n { printf "%s ", $2 }' "$WORK/raw/$1.txt"; }
 case_cpu() { awk -v n="$2" '$1 == n { printf "%s ", $5 }' "$WORK/raw/$1.txt"; }
 case_cpu_median() { awk -v n="$2" '$1 == n { print $5 }' "$WORK/raw/$1.txt" | median; }
 case_foreign() { awk -v n="$2" '$1 == n { printf "%s ", $4 }' "$WORK/raw/$1.txt"; }
+case_disk_mb() { awk -v n="$2" '$1 == n { printf "%.1f ", $6 / 1024 }' "$WORK/raw/$1.txt"; }
 # median over all runs of a case of the foreign CPU share
 case_foreign_median() { awk '{ print $4 }' "$WORK/raw/$1.txt" | median; }
 # median of the per-pair ratios byok/stock (runs are written pair by pair)
@@ -510,9 +533,10 @@ if awk -v f="$SEL_FACTOR" 'BEGIN { exit !(f < 4) }'; then
 fi
 
 # prewarm the OS page cache: one full read of every file of the database
+# (repeated before each run)
 for name in stock byok; do
 	oid=$(sql "$name" bench_sel "SELECT oid FROM pg_database WHERE datname = 'bench_sel'")
-	find "$(dir_of "$name")/base/$oid" -type f -exec cat {} + >/dev/null
+	prewarm "$name" bench_sel
 	if command -v fincore >/dev/null; then
 		# shellcheck disable=SC2046
 		res=$(fincore -b -n -o RES,SIZE $(find "$(dir_of "$name")/base/$oid" -type f -size +0) 2>/dev/null |
@@ -578,6 +602,8 @@ echo "  select-only byok:  $(case_runs select byok)"
 echo "  CPU share used by other processes during each run (%, same order):"
 echo "    tpcb-like   stock: $(case_foreign tpcb stock)  byok: $(case_foreign tpcb byok)"
 echo "    select-only stock: $(case_foreign select stock)  byok: $(case_foreign select byok)"
+echo "  MB read from disk during each select-only run (same order; the data should be in the page cache):"
+echo "    stock: $(case_disk_mb select stock)  byok: $(case_disk_mb select byok)"
 echo "  CPU us per transaction, cluster + pgbench (same order):"
 echo "    tpcb-like   stock: $(case_cpu tpcb stock)  byok: $(case_cpu tpcb byok)"
 echo "    select-only stock: $(case_cpu select stock)  byok: $(case_cpu select byok)"
