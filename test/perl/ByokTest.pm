@@ -56,7 +56,7 @@ use File::Spec;
 use IPC::Run;
 use JSON::PP;
 use MIME::Base64 qw(encode_base64);
-use Time::HiRes qw(usleep);
+use Time::HiRes qw(time usleep);
 
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -74,6 +74,8 @@ our @EXPORT = qw(
   start_emulator
   stop_emulator
   kpctl
+  keyring_field
+  wait_for
 );
 
 # Repository root: this file lives in <root>/test/perl.
@@ -614,6 +616,44 @@ sub kpctl
 	croak 'kpctl ' . join(' ', @args) . " printed non-JSON: $stdout\n$@"
 	  unless defined $res || $stdout =~ /^\s*null\s*$/;
 	return $res;
+}
+
+=pod
+
+=item keyring_field($node, $field)
+
+The value of C<$field> in the node's keyring file (C<$PGDATA/byok/keyring>),
+or undef if the keyring has no such line.
+
+=cut
+
+sub keyring_field
+{
+	my ($node, $field) = @_;
+	my $text = slurp_file($node->data_dir . '/byok/keyring');
+	return $text =~ /^\Q$field\E = (.*)$/m ? $1 : undef;
+}
+
+=pod
+
+=item wait_for($secs, $cond)
+
+Calls C<$cond> every 0.1 s until it returns true or C<$secs> seconds have
+passed.  Returns the seconds it took (a float, possibly 0), or undef if
+C<$cond> never became true: test with C<defined>.
+
+=cut
+
+sub wait_for
+{
+	my ($secs, $cond) = @_;
+	my $start = time;
+	while (time - $start < $secs)
+	{
+		return time - $start if $cond->();
+		usleep(100_000);
+	}
+	return undef;
 }
 
 # Last lines of a log file, for error messages.

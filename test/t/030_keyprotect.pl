@@ -54,13 +54,6 @@ sub new_kp_node
 	return $node;
 }
 
-sub keyring_field
-{
-	my ($node, $field) = @_;
-	my $text = slurp_file($node->data_dir . '/byok/keyring');
-	return $text =~ /^$field = (.*)$/m ? $1 : undef;
-}
-
 # Hash of every file of the data directory but the ones a start attempt
 # may touch by design (pid/opts files, logs).
 sub datadir_digest

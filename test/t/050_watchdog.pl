@@ -42,36 +42,16 @@ sub status
 	return $node->safe_psql('postgres', "SELECT $cols FROM byok_status()");
 }
 
-sub keyring_field
-{
-	my ($field) = @_;
-	my $text = slurp_file($node->data_dir . '/byok/keyring');
-	return $text =~ /^$field = (.*)$/m ? $1 : undef;
-}
-
-# wait until $cond returns true, at most $secs; returns the elapsed time or undef
-sub wait_for
-{
-	my ($secs, $cond) = @_;
-	my $start = time;
-	while (time - $start < $secs)
-	{
-		return time - $start if $cond->();
-		usleep(100_000);
-	}
-	return undef;
-}
-
 ok($node->poll_query_until('postgres', "SELECT watchdog_pid IS NOT NULL AND kms_status = 'ok' FROM byok_status()"),
 	'watchdog running, key status ok');
 
 # --- rotation in Key Protect is synced ------------------------------------------------
-my $wrapped_before = keyring_field('wrapped_key');
+my $wrapped_before = keyring_field($node, 'wrapped_key');
 kpctl($emu, 'rotate', $key_id);
 my $new_version = kpctl($emu, 'key', $key_id)->{keyVersion}{id};
-my $took = wait_for(5, sub { (keyring_field('key_version') // '') eq $new_version });
+my $took = wait_for(5, sub { (keyring_field($node, 'key_version') // '') eq $new_version });
 ok(defined $took && $took <= 2.5, 'rotation synced within 2 polls (' . ($took // 'never') . ' s)');
-isnt(keyring_field('wrapped_key'), $wrapped_before, 'keyring ciphertext changed');
+isnt(keyring_field($node, 'wrapped_key'), $wrapped_before, 'keyring ciphertext changed');
 is(status('key_version'), $new_version, 'byok_status shows the new key version');
 is(status('synced_at IS NOT NULL'), 't', 'byok_status says when it synced');
 my $log = slurp_file($node->logfile);

@@ -23,25 +23,6 @@ my $kms = "\nbyok.kms_endpoint = '$emu->{url}'\n"
   . "byok.kms_ca_file = '$emu->{ca_file}'\n"
   . "byok.kms_timeout = 2\nbyok.kms_poll_interval = 1\n";
 
-sub keyring_field
-{
-	my ($node, $field) = @_;
-	my $text = slurp_file($node->data_dir . '/byok/keyring');
-	return $text =~ /^$field = (.*)$/m ? $1 : undef;
-}
-
-sub wait_for
-{
-	my ($secs, $cond) = @_;
-	my $start = time;
-	while (time - $start < $secs)
-	{
-		return 1 if $cond->();
-		usleep(100_000);
-	}
-	return 0;
-}
-
 my $primary = PostgreSQL::Test::Cluster->new('bk_primary');
 $primary->init(allows_streaming => 1, has_archiving => 1);
 $primary->append_conf('postgresql.conf',
@@ -79,7 +60,7 @@ like(slurp_file($primary->backup_dir . '/bk/byok/keyring'), qr/^backup_wrapped_k
 my $bk_before = keyring_field($primary, 'backup_key_version');
 kpctl($emu, 'rotate', $backup->{id});
 my $bk_new = kpctl($emu, 'key', $backup->{id})->{keyVersion}{id};
-ok(wait_for(5, sub { (keyring_field($primary, 'backup_key_version') // '') eq $bk_new }),
+ok(defined wait_for(5, sub { (keyring_field($primary, 'backup_key_version') // '') eq $bk_new }),
 	'rotation of the backup key synced by the watchdog');
 like(slurp_file($primary->logfile), qr/syncing KMS state: backup key \Q$backup->{crn}\E was rotated/,
 	'log: syncing KMS state (backup key)');
@@ -88,7 +69,7 @@ isnt(keyring_field($primary, 'backup_key_version'), $bk_before, 'backup key vers
 # --- delete the disk key: the cluster locks ------------------------------------------
 my $pm = slurp_file($primary->data_dir . '/postmaster.pid') =~ /^(\d+)/ ? $1 : 0;
 kpctl($emu, 'delete', $disk->{id}, '--force');
-ok(wait_for(10, sub { !kill(0, $pm) }), 'disk key deleted: the primary locks');
+ok(defined wait_for(10, sub { !kill(0, $pm) }), 'disk key deleted: the primary locks');
 $primary->_update_pid(0);
 
 # --- restore the backup into a new deployment with the backup key ------------------------
@@ -116,18 +97,18 @@ is($restored->safe_psql('postgres', 'SELECT key_crn FROM byok_status()'), $new_d
 my $backup2 = kpctl($emu, 'create-key', '--name', 'backup-key-2');
 $restored->safe_psql('postgres', "ALTER SYSTEM SET byok.backup_key_crn = '$backup2->{crn}'");
 $restored->reload;
-ok(wait_for(5, sub { (keyring_field($restored, 'backup_key_crn') // '') eq $backup2->{crn} }),
+ok(defined wait_for(5, sub { (keyring_field($restored, 'backup_key_crn') // '') eq $backup2->{crn} }),
 	'backup key changed online');
 like(slurp_file($restored->logfile), qr/byok audit: \{"action":"byok.backup.set","crn":"\Q$backup2->{crn}\E".*"detail":"replaces backup key \Q$backup->{crn}\E"\}/,
 	'audit: byok.backup.set');
 $restored->safe_psql('postgres', "ALTER SYSTEM SET byok.backup_key_crn = ''");
 $restored->reload;
-ok(wait_for(5, sub { (keyring_field($restored, 'backup_key_crn') // 'x') eq '' }),
+ok(defined wait_for(5, sub { (keyring_field($restored, 'backup_key_crn') // 'x') eq '' }),
 	'backup key removed online');
 like(slurp_file($restored->logfile), qr/byok audit: \{"action":"byok.backup.remove"/, 'audit: byok.backup.remove');
 $restored->safe_psql('postgres', "ALTER SYSTEM SET byok.backup_key_crn = '$backup->{crn}'");
 $restored->reload;
-ok(wait_for(5, sub { (keyring_field($restored, 'backup_key_crn') // '') eq $backup->{crn} }),
+ok(defined wait_for(5, sub { (keyring_field($restored, 'backup_key_crn') // '') eq $backup->{crn} }),
 	'backup key set online');
 
 # --- delete the backup key: the live cluster serves on, the backups are shredded ----------
@@ -152,7 +133,7 @@ like($err, qr/pg_byok: error: could not unwrap the cluster key with the backup k
 # --- the same key as disk and backup key: warned ------------------------------------------
 $restored->safe_psql('postgres', "ALTER SYSTEM SET byok.backup_key_crn = '$new_disk->{crn}'");
 $restored->reload;
-ok(wait_for(5, sub { (keyring_field($restored, 'backup_key_crn') // '') eq $new_disk->{crn} }),
+ok(defined wait_for(5, sub { (keyring_field($restored, 'backup_key_crn') // '') eq $new_disk->{crn} }),
 	'backup key = disk key set');
 like($restored->safe_psql('postgres',
 		"SELECT description FROM byok_key_associations() WHERE kind = 'warning'"),
