@@ -25,8 +25,8 @@
 #   PG_CONFIG          pg_config to use (default: pg_config on PATH)
 #   BYOK_BENCH_USER    user to run as when invoked as root (default byoktest)
 #   BENCH_CLIENTS      pgbench -c and -j (default 2)
-#   BENCH_PAIRS        interleaved stock/byok pairs per case (default 5, quick 3)
-#   BENCH_TIME         seconds per pgbench run (default 30, quick 8)
+#   BENCH_PAIRS        interleaved stock/byok pairs per case (default 9, quick 3)
+#   BENCH_TIME         seconds per pgbench run (default 20, quick 8)
 #   BENCH_INITDB_OPTS  extra initdb options for both clusters, e.g. -k
 #   BENCH_PGBENCH_OPTS extra pgbench options for measured runs, e.g. "-M prepared"
 #   BENCH_QUIET_WAIT   seconds to wait, before each run, for the CPUs to be
@@ -92,8 +92,8 @@ if [ "$QUICK" -eq 1 ]; then
 	QUIET_WAIT=${BENCH_QUIET_WAIT:-2}
 else
 	MODE=full
-	PAIRS=${BENCH_PAIRS:-5}
-	RUN_T=${BENCH_TIME:-30}
+	PAIRS=${BENCH_PAIRS:-9}
+	RUN_T=${BENCH_TIME:-20}
 	WARM_T=10
 	MICRO_ITER=5
 	MICRO_PAGES=200000
