@@ -360,7 +360,7 @@ info "grep -r -c over pg_wal/ ($(find "$pgdata/pg_wal" -maxdepth 1 -type f | wc 
 # ---------------------------------------------------------------------------
 step "Key status and rotation" "byok_status() reads the key's state; byok_rotate_key() rotates the root key in Key Protect and rewraps the keyring under the new version."
 # ---------------------------------------------------------------------------
-psql_enc -x -c "SELECT enabled, provider, key_state, key_version, kms_endpoint, last_kms_contact FROM byok_status()" | indent
+psql_enc -x -c "SELECT enabled, provider, key_state, key_version, kms_endpoint, last_kms_contact, cipher, cipher_implementation FROM byok_status()" | indent
 wrapped_before=$(grep '^wrapped_key' "$pgdata/byok/keyring" | cut -c15-40)
 new_version=$(psql_enc -A -t -c "SELECT byok_rotate_key()")
 wrapped_after=$(grep '^wrapped_key' "$pgdata/byok/keyring" | cut -c15-40)
