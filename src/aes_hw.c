@@ -12,8 +12,8 @@
  * (FIPS-197 §5.2, Intel's AES-NI white paper); the rounds are the CPU's.
  * The functions carry target attributes, so the rest of byok builds for
  * plain x86-64 and this code runs only after byok_aes_hw_available() has
- * confirmed the instructions and the OS's AVX state support (GCC's
- * __builtin_cpu_supports checks XCR0).  Other architectures and compilers
+ * confirmed the instructions and the OS's AVX state support (CPUID and
+ * XCR0).  Other architectures and compilers
  * get stubs that report "not available".
  *
  * Round keys live where the caller keeps them (crypto.c: memory excluded
@@ -28,18 +28,52 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #define TARGET_AESNI	__attribute__((target("aes,sse4.1")))
 #define TARGET_VAES		__attribute__((target("aes,vaes,avx2")))
 
+/*
+ * AVX2 usable: the CPU has it and the kernel saves the YMM registers on a
+ * context switch (OSXSAVE, and XCR0 has the SSE and AVX state bits).
+ * CPUID directly rather than __builtin_cpu_supports, which in some
+ * compilers does not know "vaes".
+ */
+bool
+byok_cpu_has_avx2(void)
+{
+	unsigned int eax,
+				ebx,
+				ecx,
+				edx;
+	unsigned int xcr0_lo,
+				xcr0_hi;
+
+	if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx) ||
+		!(ecx & bit_OSXSAVE) || !(ecx & bit_AVX))
+		return false;
+	__asm__ __volatile__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+	if ((xcr0_lo & 0x6) != 0x6)
+		return false;
+	if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+		return false;
+	return (ebx & bit_AVX2) != 0;
+}
+
 bool
 byok_aes_hw_available(void)
 {
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("aes") &&
-		__builtin_cpu_supports("avx2") &&
-		__builtin_cpu_supports("vaes");
+	unsigned int eax,
+				ebx,
+				ecx,
+				edx;
+
+	if (!byok_cpu_has_avx2() ||
+		!__get_cpuid(1, &eax, &ebx, &ecx, &edx) || !(ecx & bit_AES) ||
+		!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
+		return false;
+	return (ecx & bit_VAES) != 0;
 }
 
 /* w0..w3 of the next even round key from the previous one and SubWord/RotWord */
@@ -258,6 +292,12 @@ byok_aes_hw_ctr(const ByokAesSchedule *s, const uint8_t iv[16],
 }
 
 #else							/* not x86-64 with GCC or clang */
+
+bool
+byok_cpu_has_avx2(void)
+{
+	return false;
+}
 
 bool
 byok_aes_hw_available(void)

@@ -30,6 +30,9 @@ typedef struct ByokAesSchedule
 	uint8_t		rk[BYOK_AES256_ROUNDS + 1][32];
 } ByokAesSchedule;
 
+/* Do the CPU and the OS support AVX2 (used for page checksums too)? */
+extern bool byok_cpu_has_avx2(void);
+
 /* Do the CPU and the OS support AES-NI, AVX2 and VAES? */
 extern bool byok_aes_hw_available(void);
 

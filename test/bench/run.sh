@@ -238,16 +238,21 @@ wait_quiet()
 }
 
 # --- (a) page cipher vs openssl speed -------------------------------------
-log "(a) building bench_page from $REPO/src/crypto.c and aes_hw.c"
+log "(a) building bench_page from $REPO/src/crypto.c, aes_hw.c and checksum_avx2.c"
 CFLAGS_FE="$("$PG_CONFIG" --cflags) -std=gnu99 -DFRONTEND -D_GNU_SOURCE \
 	-I$REPO/src -I$("$PG_CONFIG" --includedir-server) -I$("$PG_CONFIG" --includedir)/internal"
 LIBS_FE="-L$PKGLIBDIR -lpgcommon -lpgport -lcrypto -lm"
+# as the Makefile builds src/checksum_avx2.c
+CFLAGS_AVX2=""
+[ "$(uname -m)" != x86_64 ] || CFLAGS_AVX2="-mavx2 -funroll-loops -ftree-vectorize"
 # (flags are word-split on purpose)
 # shellcheck disable=SC2086,SC2046
 "$CC" $CFLAGS_FE -c -o "$WORK/bin/crypto.o" "$REPO/src/crypto.c" 2>"$WORK/bin/build.log" &&
 	"$CC" $CFLAGS_FE -c -o "$WORK/bin/aes_hw.o" "$REPO/src/aes_hw.c" 2>>"$WORK/bin/build.log" &&
+	"$CC" $CFLAGS_FE $CFLAGS_AVX2 -c -o "$WORK/bin/checksum_avx2.o" "$REPO/src/checksum_avx2.c" 2>>"$WORK/bin/build.log" &&
 	"$CC" $CFLAGS_FE -c -o "$WORK/bin/bench_page.o" "$BENCH_SRC/bench_page.c" 2>>"$WORK/bin/build.log" &&
 	"$CC" $("$PG_CONFIG" --cflags) "$WORK/bin/bench_page.o" "$WORK/bin/crypto.o" "$WORK/bin/aes_hw.o" \
+		"$WORK/bin/checksum_avx2.o" \
 		$("$PG_CONFIG" --ldflags) $LIBS_FE -o "$WORK/bin/bench_page" 2>>"$WORK/bin/build.log" ||
 	{ cat "$WORK/bin/build.log" >&2; die "could not build bench_page"; }
 

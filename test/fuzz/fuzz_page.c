@@ -9,7 +9,7 @@
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DFRONTEND -D_GNU_SOURCE \
  *     -Isrc -I$(pg_config --includedir)/postgresql/internal \
  *     -I$(pg_config --includedir-server) \
- *     test/fuzz/fuzz_page.c src/crypto.c src/aes_hw.c \
+ *     test/fuzz/fuzz_page.c src/crypto.c src/aes_hw.c src/checksum_avx2.c \
  *     -L$(pg_config --pkglibdir) -lpgcommon -lpgport -lcrypto -lm \
  *     -o fuzz_page
  *   mkdir -p corpus && ./fuzz_page -max_len=8300 -max_total_time=300 corpus

@@ -11,6 +11,7 @@
  *     -Isrc -I/usr/include/postgresql/internal -I$(pg_config --includedir-server) \
  *     $(pkg-config --cflags libcurl json-c) \
  *     test/fuzz/fuzz_parsers.c src/keyring.c src/kms.c src/crypto.c src/aes_hw.c \
+ *     src/checksum_avx2.c \
  *     -L$(pg_config --pkglibdir) -lpgcommon -lpgport \
  *     $(pkg-config --libs libcrypto libcurl json-c) -lm -o fuzz_parsers
  *   mkdir -p corpus && ./fuzz_parsers -max_len=4096 -max_total_time=120 corpus

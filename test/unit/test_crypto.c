@@ -24,6 +24,7 @@
 #include "storage/checksum.h"
 
 #include "aes_hw.h"
+#include "checksum_avx2.h"
 #include "crypto.h"
 
 #define PAGE		BYOK_PAGE_SIZE
@@ -1639,6 +1640,40 @@ test_impl_equivalence(void)
 	}
 }
 
+/*
+ * checksum_avx2.c is PostgreSQL's checksum algorithm compiled for AVX2: it
+ * must give pg_checksum_page's value for every page and block number.
+ */
+static void
+test_checksum_avx2(void)
+{
+	PGAlignedBlock page,
+				copy;
+	bool		usable = byok_checksum_avx2_built && byok_cpu_has_avx2();
+	{
+		TEST_BEGIN;
+		for (int t = 0; usable && t < 3000; t++)
+		{
+			uint32_t	blkno = t < 5 ? (uint32_t) t : (uint32_t) rng_next();
+			uint16_t	want,
+						got;
+
+			rng_fill(page.data, PAGE);
+			if (t % 7 == 0)		/* sparse pages: mostly zeros */
+				memset(page.data + 24 + (rng_next() % 4000), 0, 4000);
+			page.data[14] |= 1;	/* pd_upper != 0: not a new page */
+			memcpy(copy.data, page.data, PAGE);
+			want = pg_checksum_page(page.data, blkno);
+			got = byok_checksum_page_avx2(copy.data, blkno);
+			CHECKM(got == want, "page %d, block %u: AVX2 %04x, PostgreSQL %04x",
+				   t, blkno, got, want);
+			CHECKM(memcmp(copy.data, page.data, PAGE) == 0, "page changed");
+		}
+		TEST_END(usable ? "AVX2 page checksum equals pg_checksum_page: 3000 random pages and block numbers"
+				 : "AVX2 page checksum equals pg_checksum_page # SKIP no AVX2");
+	}
+}
+
 /* --------------------------------------------------------------------- */
 
 int
@@ -1713,6 +1748,7 @@ main(void)
 	test_hw_kat();
 	test_hw_vs_openssl();
 	test_impl_equivalence();
+	test_checksum_avx2();
 
 	byok_crypto_wipe();
 	printf("%d passed, %d failed\n", n_pass, n_fail);
