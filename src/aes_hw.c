@@ -155,7 +155,8 @@ byok_aes_hw_encrypt_block(const ByokAesSchedule *s, const uint8_t in[16],
 }
 
 /*
- * AES-256-CTR, two blocks per instruction, eight instructions in flight.
+ * AES-256-CTR, two blocks per instruction, eight instructions in flight,
+ * also for the last partial group.
  * The round keys are read from the schedule, where they are stored twice
  * over (one 256-bit row per round): writes through 'out' may alias the
  * schedule as far as the compiler knows, so it cannot hoist them into
@@ -171,7 +172,16 @@ byok_aes_hw_ctr(const ByokAesSchedule *s, const uint8_t iv[16],
 										   7, 6, 5, 4, 3, 2, 1, 0);
 	const __m256i bswap = _mm256_broadcastsi128_si256(bswap128);
 	const __m256i step2 = _mm256_setr_epi64x(2, 0, 2, 0);
-	__m256i		ctr;
+	__m256i		ctr,
+				k,
+				b0,
+				b1,
+				b2,
+				b3,
+				b4,
+				b5,
+				b6,
+				b7;
 	uint64_t	low;
 	size_t		blocks = (len + 15) / 16;
 	size_t		done = 0;
@@ -191,100 +201,89 @@ byok_aes_hw_ctr(const ByokAesSchedule *s, const uint8_t iv[16],
 		_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *) iv)), bswap);
 	ctr = _mm256_add_epi64(ctr, _mm256_setr_epi64x(0, 0, 1, 0));
 
-	/* 256 bytes (16 blocks) per iteration */
-	for (; done + 256 <= len; done += 256)
-	{
-		__m256i		b0,
-					b1,
-					b2,
-					b3,
-					b4,
-					b5,
-					b6,
-					b7,
-					k;
-
+	/*
+	 * Sixteen blocks of keystream in b0..b7, counters from ctr: eight
+	 * independent instructions per round keep both AES units busy.
+	 */
 #define NEXT(b) \
 	do { \
 		(b) = _mm256_xor_si256(_mm256_shuffle_epi8(ctr, bswap), k); \
 		ctr = _mm256_add_epi64(ctr, step2); \
 	} while (0)
-		k = RK(0);
-		NEXT(b0);
-		NEXT(b1);
-		NEXT(b2);
-		NEXT(b3);
-		NEXT(b4);
-		NEXT(b5);
-		NEXT(b6);
-		NEXT(b7);
+#define KEYSTREAM16() \
+	do { \
+		k = RK(0); \
+		NEXT(b0); NEXT(b1); NEXT(b2); NEXT(b3); \
+		NEXT(b4); NEXT(b5); NEXT(b6); NEXT(b7); \
+		_Pragma("GCC unroll 13") \
+		for (int r = 1; r < BYOK_AES256_ROUNDS; r++) \
+		{ \
+			k = RK(r); \
+			b0 = _mm256_aesenc_epi128(b0, k); \
+			b1 = _mm256_aesenc_epi128(b1, k); \
+			b2 = _mm256_aesenc_epi128(b2, k); \
+			b3 = _mm256_aesenc_epi128(b3, k); \
+			b4 = _mm256_aesenc_epi128(b4, k); \
+			b5 = _mm256_aesenc_epi128(b5, k); \
+			b6 = _mm256_aesenc_epi128(b6, k); \
+			b7 = _mm256_aesenc_epi128(b7, k); \
+		} \
+		k = RK(BYOK_AES256_ROUNDS); \
+		b0 = _mm256_aesenclast_epi128(b0, k); \
+		b1 = _mm256_aesenclast_epi128(b1, k); \
+		b2 = _mm256_aesenclast_epi128(b2, k); \
+		b3 = _mm256_aesenclast_epi128(b3, k); \
+		b4 = _mm256_aesenclast_epi128(b4, k); \
+		b5 = _mm256_aesenclast_epi128(b5, k); \
+		b6 = _mm256_aesenclast_epi128(b6, k); \
+		b7 = _mm256_aesenclast_epi128(b7, k); \
+	} while (0)
+
+	/* 256 bytes per iteration */
+	for (; done + 256 <= len; done += 256)
+	{
+		KEYSTREAM16();
+#define XOR_OUT(b, i) \
+	STORE(out + done + 32 * (i), _mm256_xor_si256((b), LOAD(in + done + 32 * (i))))
+		XOR_OUT(b0, 0);
+		XOR_OUT(b1, 1);
+		XOR_OUT(b2, 2);
+		XOR_OUT(b3, 3);
+		XOR_OUT(b4, 4);
+		XOR_OUT(b5, 5);
+		XOR_OUT(b6, 6);
+		XOR_OUT(b7, 7);
+#undef XOR_OUT
+	}
+
+	/*
+	 * The rest (a page leaves 248 bytes): one more group of sixteen blocks,
+	 * in parallel like the others rather than one dependent chain at a
+	 * time, through a keystream buffer that is wiped afterwards.
+	 */
+	if (done < len)
+	{
+		uint8_t		ks[256] __attribute__((aligned(32)));
+		size_t		i = 0;
+		size_t		rest = len - done;
+
+		KEYSTREAM16();
+		STORE(ks, b0);
+		STORE(ks + 32, b1);
+		STORE(ks + 64, b2);
+		STORE(ks + 96, b3);
+		STORE(ks + 128, b4);
+		STORE(ks + 160, b5);
+		STORE(ks + 192, b6);
+		STORE(ks + 224, b7);
+		for (; i + 32 <= rest; i += 32)
+			STORE(out + done + i, _mm256_xor_si256(LOAD(ks + i), LOAD(in + done + i)));
+		for (; i < rest; i++)
+			out[done + i] = in[done + i] ^ ks[i];
+		explicit_bzero(ks, sizeof(ks));
+	}
+#undef KEYSTREAM16
 #undef NEXT
-#pragma GCC unroll 13
-		for (int r = 1; r < BYOK_AES256_ROUNDS; r++)
-		{
-			k = RK(r);
-			b0 = _mm256_aesenc_epi128(b0, k);
-			b1 = _mm256_aesenc_epi128(b1, k);
-			b2 = _mm256_aesenc_epi128(b2, k);
-			b3 = _mm256_aesenc_epi128(b3, k);
-			b4 = _mm256_aesenc_epi128(b4, k);
-			b5 = _mm256_aesenc_epi128(b5, k);
-			b6 = _mm256_aesenc_epi128(b6, k);
-			b7 = _mm256_aesenc_epi128(b7, k);
-		}
-		k = RK(BYOK_AES256_ROUNDS);
-#define LAST(b, i) \
-	STORE(out + done + 32 * (i), \
-		  _mm256_xor_si256(_mm256_aesenclast_epi128((b), k), LOAD(in + done + 32 * (i))))
-		LAST(b0, 0);
-		LAST(b1, 1);
-		LAST(b2, 2);
-		LAST(b3, 3);
-		LAST(b4, 4);
-		LAST(b5, 5);
-		LAST(b6, 6);
-		LAST(b7, 7);
-#undef LAST
-	}
-
-	/* then 32 bytes (two blocks) at a time */
-	for (; done + 32 <= len; done += 32)
-	{
-		__m256i		b = _mm256_xor_si256(_mm256_shuffle_epi8(ctr, bswap), RK(0));
-
-		ctr = _mm256_add_epi64(ctr, step2);
-		for (int r = 1; r < BYOK_AES256_ROUNDS; r++)
-			b = _mm256_aesenc_epi128(b, RK(r));
-		b = _mm256_aesenclast_epi128(b, RK(BYOK_AES256_ROUNDS));
-		STORE(out + done, _mm256_xor_si256(b, LOAD(in + done)));
-	}
-
-	/* the last one or two blocks, the last one possibly partial */
-	while (done < len)
-	{
-		size_t		n = len - done < 16 ? len - done : 16;
-		__m128i		b = _mm_xor_si128(
-			_mm_shuffle_epi8(_mm256_castsi256_si128(ctr), bswap128),
-			_mm_loadu_si128((const __m128i *) s->rk[0]));
-
-		ctr = _mm256_permute4x64_epi64(ctr, 0xEE);	/* lane 1 -> lane 0 */
-		for (int r = 1; r < BYOK_AES256_ROUNDS; r++)
-			b = _mm_aesenc_si128(b, _mm_loadu_si128((const __m128i *) s->rk[r]));
-		b = _mm_aesenclast_si128(b, _mm_loadu_si128((const __m128i *) s->rk[BYOK_AES256_ROUNDS]));
-		if (n == 16)
-			_mm_storeu_si128((__m128i *) (out + done),
-							 _mm_xor_si128(b, _mm_loadu_si128((const __m128i *) (in + done))));
-		else
-		{
-			uint8_t		ks[16];
-
-			_mm_storeu_si128((__m128i *) ks, b);
-			for (size_t i = 0; i < n; i++)
-				out[done + i] = in[done + i] ^ ks[i];
-			explicit_bzero(ks, sizeof(ks));
-		}
-		done += n;
-	}
 #undef RK
 #undef LOAD
 #undef STORE
