@@ -156,8 +156,7 @@ byok_aes_hw_encrypt_block(const ByokAesSchedule *s, const uint8_t in[16],
 
 /*
  * AES-256-CTR, two blocks per instruction, eight instructions in flight,
- * also for the last partial group.
- * The round keys are read from the schedule, where they are stored twice
+ * also for the last partial group.  The round keys are read from the schedule, where they are stored twice
  * over (one 256-bit row per round): writes through 'out' may alias the
  * schedule as far as the compiler knows, so it cannot hoist them into
  * registers that would be spilled to the stack, and no copy of a round key
@@ -210,6 +209,11 @@ byok_aes_hw_ctr(const ByokAesSchedule *s, const uint8_t iv[16],
 		(b) = _mm256_xor_si256(_mm256_shuffle_epi8(ctr, bswap), k); \
 		ctr = _mm256_add_epi64(ctr, step2); \
 	} while (0)
+#define ALL8(op) \
+	do { \
+		b0 = op(b0, k); b1 = op(b1, k); b2 = op(b2, k); b3 = op(b3, k); \
+		b4 = op(b4, k); b5 = op(b5, k); b6 = op(b6, k); b7 = op(b7, k); \
+	} while (0)
 #define KEYSTREAM16() \
 	do { \
 		k = RK(0); \
@@ -219,24 +223,10 @@ byok_aes_hw_ctr(const ByokAesSchedule *s, const uint8_t iv[16],
 		for (int r = 1; r < BYOK_AES256_ROUNDS; r++) \
 		{ \
 			k = RK(r); \
-			b0 = _mm256_aesenc_epi128(b0, k); \
-			b1 = _mm256_aesenc_epi128(b1, k); \
-			b2 = _mm256_aesenc_epi128(b2, k); \
-			b3 = _mm256_aesenc_epi128(b3, k); \
-			b4 = _mm256_aesenc_epi128(b4, k); \
-			b5 = _mm256_aesenc_epi128(b5, k); \
-			b6 = _mm256_aesenc_epi128(b6, k); \
-			b7 = _mm256_aesenc_epi128(b7, k); \
+			ALL8(_mm256_aesenc_epi128); \
 		} \
 		k = RK(BYOK_AES256_ROUNDS); \
-		b0 = _mm256_aesenclast_epi128(b0, k); \
-		b1 = _mm256_aesenclast_epi128(b1, k); \
-		b2 = _mm256_aesenclast_epi128(b2, k); \
-		b3 = _mm256_aesenclast_epi128(b3, k); \
-		b4 = _mm256_aesenclast_epi128(b4, k); \
-		b5 = _mm256_aesenclast_epi128(b5, k); \
-		b6 = _mm256_aesenclast_epi128(b6, k); \
-		b7 = _mm256_aesenclast_epi128(b7, k); \
+		ALL8(_mm256_aesenclast_epi128); \
 	} while (0)
 
 	/* 256 bytes per iteration */
@@ -283,6 +273,7 @@ byok_aes_hw_ctr(const ByokAesSchedule *s, const uint8_t iv[16],
 		explicit_bzero(ks, sizeof(ks));
 	}
 #undef KEYSTREAM16
+#undef ALL8
 #undef NEXT
 #undef RK
 #undef LOAD

@@ -83,7 +83,7 @@ typedef struct ByokKeyState
 	uint8_t		material[BYOK_KEY_LEN];	/* cluster key material */
 	uint8_t		scratch[BYOK_KEY_LEN];	/* derivation scratch, wiped */
 	ByokAesSchedule page_hw;	/* page data key, for aes_hw.c */
-	ByokAesSchedule iv_hw[3];	/* IV keys (BYOK_IV_FORKS), for aes_hw.c */
+	ByokAesSchedule iv_hw[BYOK_IV_FORKS];	/* IV keys, for aes_hw.c */
 } ByokKeyState;
 
 /* An epoch's WAL key: a CTR context with the key set, and its round keys. */
@@ -223,13 +223,14 @@ bool
 byok_crypto_init(const uint8_t *key_material, ByokError *err)
 {
 	char		info[64];
-
 	const char *impl = getenv("BYOK_CIPHER_IMPL");
+	bool		force_openssl = impl != NULL && strcmp(impl, "openssl") == 0;
+	bool		require_vaes = impl != NULL && strcmp(impl, "vaes") == 0;
 
 	byok_crypto_wipe();
 
 	if (impl != NULL && impl[0] != '\0' && strcmp(impl, "auto") != 0 &&
-		strcmp(impl, "openssl") != 0 && strcmp(impl, "vaes") != 0)
+		!force_openssl && !require_vaes)
 	{
 		char		detail[128];
 
@@ -239,11 +240,10 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 					   "invalid cipher implementation \"%.60s\"", impl);
 		return false;
 	}
-	use_hw = byok_aes_hw_available() &&
-		!(impl != NULL && strcmp(impl, "openssl") == 0);
-	use_avx2_checksum = byok_checksum_avx2_built && byok_cpu_has_avx2() &&
-		!(impl != NULL && strcmp(impl, "openssl") == 0);
-	if (impl != NULL && strcmp(impl, "vaes") == 0 && !use_hw)
+	use_hw = !force_openssl && byok_aes_hw_available();
+	use_avx2_checksum = !force_openssl && byok_checksum_avx2_built &&
+		byok_cpu_has_avx2();
+	if (require_vaes && !use_hw)
 	{
 		byok_error_set(err, "BYOK_CIPHER_IMPL=vaes, but this CPU (or the kernel) lacks AES-NI, AVX2 or VAES.",
 					   "Unset BYOK_CIPHER_IMPL to use OpenSSL on this machine.",
