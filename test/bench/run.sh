@@ -424,9 +424,13 @@ disk_kib() { awk '$1 == "pgpgin" { print $2 }' /proc/vmstat; }
 # reading from disk.
 prewarm()
 {
-	local oid
-	oid=$(sql "$1" "$2" "SELECT oid FROM pg_database WHERE datname = current_database()")
-	find "$(dir_of "$1")/base/$oid" -type f -exec cat {} + >/dev/null
+	find "$(db_dir "$1" "$2")" -type f -exec cat {} + >/dev/null
+}
+
+# The directory of database $2 of cluster $1
+db_dir()
+{
+	echo "$(dir_of "$1")/base/$(sql "$1" "$2" "SELECT oid FROM pg_database WHERE datname = current_database()")"
 }
 
 # One pgbench run; appends "name tps blks_read_delta foreign_cpu_pct
@@ -540,11 +544,10 @@ fi
 # prewarm the OS page cache: one full read of every file of the database
 # (repeated before each run)
 for name in stock byok; do
-	oid=$(sql "$name" bench_sel "SELECT oid FROM pg_database WHERE datname = 'bench_sel'")
 	prewarm "$name" bench_sel
 	if command -v fincore >/dev/null; then
 		# shellcheck disable=SC2046
-		res=$(fincore -b -n -o RES,SIZE $(find "$(dir_of "$name")/base/$oid" -type f -size +0) 2>/dev/null |
+		res=$(fincore -b -n -o RES,SIZE $(find "$(db_dir "$name" bench_sel)" -type f -size +0) 2>/dev/null |
 			awk '{ r += $1; s += $2 } END { if (s > 0) printf "%.0f%%", 100 * r / s; else print "?" }')
 	else
 		res="? (no fincore)"
