@@ -22,7 +22,7 @@ SHLIB_LINK = $(shell pkg-config --libs $(DEPS))
 # Our own files build with -Wall -Wextra; the PostgreSQL headers (ilist.h,
 # bufpage.h, fmgr.h) trip only -Wunused-parameter.
 PG_CFLAGS = -std=gnu99 -Wall -Wextra -Wno-unused-parameter
-EXTRA_CLEAN = $(FE_OBJS) src/pg_byok.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
+EXTRA_CLEAN = $(FE_OBJS) src/pg_byok.fe.o src/crypto_v1.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
 	test/unit/*.o test/bench/bench_page test/bench/*.o
 
 # No JIT bitcode for this module: it has no SQL-callable hot paths.
@@ -52,7 +52,7 @@ test/unit/%.o: test/unit/%.c
 
 all: $(PROGRAM_FE)
 
-$(PROGRAM_FE): src/pg_byok.fe.o $(FE_OBJS)
+$(PROGRAM_FE): src/pg_byok.fe.o src/crypto_v1.fe.o $(FE_OBJS)
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
 test/unit/test_crypto: test/unit/test_crypto.o $(FE_OBJS)

@@ -77,7 +77,6 @@ static bool startup_crn_invalid = false;
 static ByokKeyring startup_keyring;
 static bool data_checksums = false;
 static TimestampTz startup_contact = 0;
-static uint32 wal_first_version = 1;
 
 /* Pointer to shared state. */
 ByokSharedState *byok_shared = NULL;
@@ -312,6 +311,26 @@ byok_startup(void)
 		byok_report(FATAL, ERRCODE_DATA_CORRUPTED, &err);
 	}
 
+	if (kr->format != BYOK_FORMAT)
+		ereport(FATAL,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cluster is encrypted in byok's on-disk format %d; this byok needs format %d",
+						kr->format, BYOK_FORMAT),
+				 errdetail("Format 1 (AES-256-CTR) is superseded: a torn WAL write could lose committed transactions and rewritten pages could reveal data (docs/format2.md)."),
+				 errhint("With the server stopped, run \"pg_byok convert -D %s\" to re-encrypt the cluster in format %d, then start the server.",
+						 DataDir, BYOK_FORMAT)));
+
+	if (strcmp(kr->state, BYOK_STATE_CONVERTING) == 0 ||
+		strcmp(kr->state, BYOK_STATE_ROTATING) == 0)
+		ereport(FATAL,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("re-encryption of this cluster is not finished"),
+				 errdetail("The keyring is in state \"%s\": pg_byok %s was interrupted; the files are partly under the old and partly under the new key.",
+						   kr->state, strcmp(kr->state, BYOK_STATE_CONVERTING) == 0 ? "convert" : "rotate-data-key"),
+				 errhint("Run \"pg_byok %s -D %s\" again; it resumes where it stopped.",
+						 strcmp(kr->state, BYOK_STATE_CONVERTING) == 0 ? "convert" : "rotate-data-key",
+						 DataDir)));
+
 	if (strcmp(kr->state, BYOK_STATE_ENABLED) != 0)
 		ereport(FATAL,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -392,7 +411,7 @@ byok_startup(void)
 		int			segments;
 		int			pages;
 
-		wal_first_version = byok_wal_convert_plaintext(XLOGDIR, &segments, &pages);
+		byok_wal_convert_plaintext(XLOGDIR, &segments, &pages);
 		if (pages > 0)
 			ereport(LOG,
 					(errmsg("byok: encrypted %d plaintext WAL pages in %d segments", pages, segments),
@@ -438,7 +457,7 @@ byok_shmem_startup(void)
 		prev_shmem_startup_hook();
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	byok_smgr_shmem_init();
-	byok_wal_shmem_init(&(GetNamedLWLockTranche("byok"))[1].lock, wal_first_version);
+	byok_wal_shmem_init(&(GetNamedLWLockTranche("byok"))[1].lock);
 	shared = ShmemInitStruct("byok key state", sizeof(ByokSharedState), &found);
 	if (!found)
 	{

@@ -118,10 +118,10 @@ extern PGDLLEXPORT void byok_watchdog_main(Datum main_arg);
 /* wal.c: the encrypting WAL I/O wrappers */
 extern const ByokWalFuncs *byok_wal_wrappers(void);
 extern Size byok_wal_shmem_size(void);
-extern void byok_wal_shmem_init(LWLock *lock, uint32 first_version);
+extern void byok_wal_shmem_init(LWLock *lock);
 extern void byok_wal_stats(uint64 *encrypted, uint64 *decrypted);
 extern bool byok_wal_is_segment_path(const char *path);
-extern uint32 byok_wal_convert_plaintext(const char *waldir, int *segments,
-										 int *pages_converted);
+extern void byok_wal_convert_plaintext(const char *waldir, int *segments,
+									   int *pages_converted);
 
 #endif							/* BYOK_H */

@@ -1,34 +1,40 @@
 /*-------------------------------------------------------------------------
  *
  * crypto.c
- *	  byok's cipher core: the only code that touches OpenSSL, owns the
- *	  cipher contexts and builds counter blocks.
+ *	  byok's cipher core, on-disk format 2: the only code that derives keys,
+ *	  builds tweaks and touches OpenSSL's ciphers (crypto_v1.c, the reader
+ *	  of the superseded format, aside).
  *
- * Everything byok stores encrypted is AES-256-CTR.  CTR is only safe while
- * no (key, counter block) pair ever encrypts two different plaintexts, so
- * all counter blocks are built here, in two functions, and nowhere else:
+ * Everything byok stores encrypted is XTS-AES-256 (IEEE 1619, NIST SP
+ * 800-38E), the mode of storage encryption.  Ciphertext is a function of
+ * (key, tweak, plaintext) of each 16-byte block, so rewriting data leaves
+ * every unchanged block byte-identical (a torn write is as harmless as on
+ * stock PostgreSQL), and the worst a repeated tweak reveals is which
+ * blocks are equal, never a XOR of plaintexts.  Tweaks come only from what
+ * the stored bytes themselves say:
  *
- * Pages: the counter block of a page is AES-256-ECB under a per-fork IV key
- * of (nonce || relnumber || blkno) (for temporary relations, encrypted once
- * more after XOR with a per-backend tweak), with the low 9 bits cleared for the 512
- * CTR steps inside the page.  The nonce is the page LSN, which stays in
- * clear in the pd_lsn slot; LSN-0 pages get a fresh random synthetic nonce
- * per write, stored in the pd_lsn slot with the top bit set (a bit no real
- * LSN has) and restored to 0 on read.  The tuple (64 + 32 + 32 bits + fork)
- * does not fit into the 119 bits left beside the in-page counter, hence the
- * keyed permutation: distinct tuples give distinct blocks before the low
- * bits are cleared, and collisions after clearing are a 2^-119 event.  See
- * docs/architecture.md for why no database or tablespace OID takes part and
- * why init forks use the main fork's IV key and always a synthetic nonce.
+ * Pages: pd_lsn (bytes 0..7) and pd_checksum (8..9) stay in clear; with
+ * data checksums pd_checksum holds the checksum of the page as stored.
+ * The head unit [10, 32) (22 bytes, ciphertext stealing) and the body
+ * [32, 8192) (510 whole blocks) are XTS under the keys of the page's fork
+ * class (init folded onto main), tweak le64(LSN) || le32(relfilenumber) ||
+ * le32(block).  Both units lie within 512-byte sectors, so a torn write of
+ * a page rewritten without a new LSN mixes whole old and new blocks, as
+ * stock PostgreSQL mixes old and new bytes.  Temporary relations use an
+ * ephemeral key made at each start and never stored.
  *
- * WAL: the counter block of the 16-byte chunk at LSN pos on timeline tli is
- * (tli || 0 || pos / 16) under an epoch key derived by HKDF from the key
- * material and a public salt.  Aligned all-zero chunks are stored as zeros.
+ * WAL: the page header stays in clear (short header bytes 0..19, plus
+ * 24..39 on a segment's first page); bytes 20..23, padding in PostgreSQL,
+ * carry a keyed page marker (0 on plaintext pages).  The head unit
+ * [H, H + 24) and the body [H + 24, 8192), H the header length, are XTS
+ * under the WAL key, tweak le64(xlp_pageaddr) || le32(xlp_tli) || le32(unit).
+ * The body starts 16-byte aligned: bytes PostgreSQL flushed before keep
+ * their ciphertext when it rewrites the frontier page.
  *
- * The contexts are created once per process (in the postmaster, inherited
- * by fork) with the key set; per page only the IV changes, which the spike
- * measured at 1.10 us per 8 kB page against 1.42 us with the key set every
- * time.
+ * docs/format2.md has the byte tables.  The OpenSSL contexts are created
+ * once per process (in the postmaster, inherited by fork); per page only
+ * the tweak changes.  src/aes_hw.c computes the same bytes with VAES when
+ * the CPU has it.
  *
  * This file compiles for the server module and for the frontend program
  * pg_byok (FRONTEND defined).
@@ -63,51 +69,63 @@
 #include "checksum_avx2.h"
 #include "crypto.h"
 
+/* TEMPORARY SHIM until aes_hw.c has XTS */
+typedef struct ByokXtsSchedule { uint8_t unused; } ByokXtsSchedule;
+static inline void byok_aes_hw_xts_expand(const uint8_t *a, const uint8_t *b, ByokXtsSchedule *s) {}
+static inline bool byok_aes_hw_xts_encrypt(const ByokXtsSchedule *s, const uint8_t *t, const uint8_t *i, uint8_t *o, size_t l) { return false; }
+static inline bool byok_aes_hw_xts_decrypt(const ByokXtsSchedule *s, const uint8_t *t, const uint8_t *i, uint8_t *o, size_t l) { return false; }
+
 StaticAssertDecl(BLCKSZ == BYOK_PAGE_SIZE, "byok supports BLCKSZ 8192 only");
 StaticAssertDecl(XLOG_BLCKSZ == BYOK_WAL_PAGE_SIZE, "byok supports XLOG_BLCKSZ 8192 only");
 StaticAssertDecl(offsetof(XLogPageHeaderData, xlp_pageaddr) == 8 &&
-				 SizeOfXLogShortPHD == 24 && sizeof(XLogPageHeaderData) == 24,
-				 "byok relies on the PostgreSQL 15 WAL page header layout");
-StaticAssertDecl(offsetof(PageHeaderData, pd_checksum) == BYOK_PAGE_CLEAR_BYTES,
+				 offsetof(XLogPageHeaderData, xlp_rem_len) == 16 &&
+				 SizeOfXLogShortPHD == 24 && SizeOfXLogLongPHD == 40,
+				 "byok relies on the PostgreSQL WAL page header layout");
+StaticAssertDecl(offsetof(PageHeaderData, pd_checksum) == 8 &&
+				 offsetof(PageHeaderData, pd_flags) == BYOK_PAGE_CLEAR_BYTES,
 				 "pd_checksum must follow pd_lsn");
-StaticAssertDecl((BYOK_PAGE_SIZE - BYOK_PAGE_CLEAR_BYTES + BYOK_BLOCK_LEN - 1) / BYOK_BLOCK_LEN
-				 <= (1 << BYOK_PAGE_COUNTER_BITS),
-				 "a page must fit into its counter range");
+StaticAssertDecl(BYOK_PAGE_BODY_START - BYOK_PAGE_CLEAR_BYTES >= BYOK_BLOCK_LEN &&
+				 BYOK_PAGE_BODY_START % BYOK_BLOCK_LEN == 0,
+				 "the page head unit must be one XTS unit and the body aligned");
+StaticAssertDecl((SizeOfXLogShortPHD + BYOK_WAL_HEAD_UNIT) % BYOK_BLOCK_LEN == 0 &&
+				 (SizeOfXLogLongPHD + BYOK_WAL_HEAD_UNIT) % BYOK_BLOCK_LEN == 0,
+				 "the WAL body must start 16-byte aligned");
 
-/* Number of IV keys: main (also init), FSM, VM. */
-#define BYOK_IV_FORKS	3
+/*
+ * The XTS keys: per page fork class (main and init, FSM, VM) one for the
+ * head unit and one for the body; the same for temporary relations
+ * (ephemeral); one for WAL (its tweak names the unit).
+ */
+#define PAGE_FORK_CLASSES	3
+#define UNIT_BODY			0
+#define UNIT_HEAD			1
+#define XK_PAGE(fc, unit)	((fc) * 2 + (unit))
+#define XK_TEMP(unit)		(PAGE_FORK_CLASSES * 2 + (unit))
+#define XK_WAL				(PAGE_FORK_CLASSES * 2 + 2)
+#define N_XTS_KEYS			(XK_WAL + 1)
+#define N_SLOTS				2
 
-/* Key material and derived keys, in memory excluded from core dumps. */
+/* Key material and the hardware round keys, in memory excluded from core dumps. */
 typedef struct ByokKeyState
 {
 	uint8_t		material[BYOK_KEY_LEN];	/* cluster key material */
-	uint8_t		scratch[BYOK_KEY_LEN];	/* derivation scratch, wiped */
-	ByokAesSchedule page_hw;	/* page data key, for aes_hw.c */
-	ByokAesSchedule iv_hw[BYOK_IV_FORKS];	/* IV keys, for aes_hw.c */
+	uint8_t		scratch[2 * BYOK_KEY_LEN];	/* derivation scratch, wiped */
+	ByokXtsSchedule xts_hw[N_XTS_KEYS];	/* for aes_hw.c */
+	ByokAesSchedule marker_hw;
 } ByokKeyState;
 
-/* An epoch's WAL key: a CTR context with the key set, and its round keys. */
-struct ByokWalKey
+/* One set of keys: the current material, or the old one during rotation. */
+typedef struct ByokKeySlot
 {
-	EVP_CIPHER_CTX *ctx;
-	ByokAesSchedule hw;			/* used only if use_hw */
-};
+	ByokKeyState *ks;
+	EVP_CIPHER_CTX *enc[N_XTS_KEYS];
+	EVP_CIPHER_CTX *dec[N_XTS_KEYS];
+	EVP_CIPHER_CTX *marker;		/* AES-256-ECB, the WAL page marker key */
+	bool		ready;
+} ByokKeySlot;
 
-#define WAL_KEY_CACHE		8
-
-/* Per-process cache of WAL keys by salt. */
-static struct
-{
-	uint32_t	salt;
-	struct ByokWalKey *key;
-}			wal_key_cache[WAL_KEY_CACHE];
-static int	wal_key_cache_next = 0;
-
-/* Process-wide cipher state. */
-static ByokKeyState *key_state = NULL;
-static EVP_CIPHER_CTX *page_ctx = NULL;	/* AES-256-CTR, page data key */
-static EVP_CIPHER_CTX *iv_ctx[BYOK_IV_FORKS];	/* AES-256-ECB, IV keys */
-static bool crypto_ready = false;
+static ByokKeySlot slots[N_SLOTS];
+static ByokKeySlot *cur = &slots[BYOK_SLOT_CURRENT];
 
 /*
  * Which code computes AES: VAES/AVX2 (aes_hw.c) when the CPU has it,
@@ -129,11 +147,9 @@ page_checksum(char *page, BlockNumber blkno)
 	return pg_checksum_page(page, blkno);
 }
 
-static const uint8_t zero_chunk[BYOK_BLOCK_LEN];
-
 /*
- * A broken invariant in the cipher path (no randomness, an OpenSSL failure
- * in CTR mode, a caller bug): stop rather than store junk or plaintext.
+ * A broken invariant in the cipher path (no randomness, an OpenSSL
+ * failure, a caller bug): stop rather than store junk or plaintext.
  */
 #ifdef FRONTEND
 #define crypto_bug(what) \
@@ -198,15 +214,15 @@ byok_hkdf(const uint8_t *ikm, size_t ikm_len,
 	return ok;
 }
 
-/* A cipher context with 'key' set; NULL on failure. */
+/* A cipher context with 'key' set for one direction; NULL on failure. */
 static EVP_CIPHER_CTX *
-crypto_new_ctx(const EVP_CIPHER *cipher, const uint8_t *key)
+crypto_new_ctx(const EVP_CIPHER *cipher, const uint8_t *key, int enc)
 {
 	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
 
 	if (ctx == NULL)
 		return NULL;
-	if (EVP_EncryptInit_ex(ctx, cipher, NULL, key, NULL) != 1 ||
+	if (EVP_CipherInit_ex(ctx, cipher, NULL, key, NULL, enc) != 1 ||
 		EVP_CIPHER_CTX_set_padding(ctx, 0) != 1)
 	{
 		EVP_CIPHER_CTX_free(ctx);
@@ -215,19 +231,67 @@ crypto_new_ctx(const EVP_CIPHER *cipher, const uint8_t *key)
 	return ctx;
 }
 
+/* Wipe one slot's keys and free its contexts (which cleanse their keys). */
+static void
+slot_wipe(ByokKeySlot *s)
+{
+	s->ready = false;
+	if (s->ks != NULL)
+		byok_wipe(s->ks, sizeof(ByokKeyState));
+	for (int k = 0; k < N_XTS_KEYS; k++)
+	{
+		EVP_CIPHER_CTX_free(s->enc[k]);
+		EVP_CIPHER_CTX_free(s->dec[k]);
+		s->enc[k] = s->dec[k] = NULL;
+	}
+	EVP_CIPHER_CTX_free(s->marker);
+	s->marker = NULL;
+}
+
+/* Set XTS key 'k' of slot 's' from the 64 bytes in s->ks->scratch. */
+static bool
+slot_set_xts(ByokKeySlot *s, int k)
+{
+	if ((s->enc[k] = crypto_new_ctx(EVP_aes_256_xts(), s->ks->scratch, 1)) == NULL ||
+		(s->dec[k] = crypto_new_ctx(EVP_aes_256_xts(), s->ks->scratch, 0)) == NULL)
+		return false;
+	if (use_hw)
+		byok_aes_hw_xts_expand(s->ks->scratch, s->ks->scratch + BYOK_KEY_LEN,
+							   &s->ks->xts_hw[k]);
+	return true;
+}
+
+/* Derive XTS key 'k': its data and tweak halves under their own labels. */
+static bool
+slot_derive_xts(ByokKeySlot *s, int k, const char *what)
+{
+	char		info[96];
+	uint8_t    *sc = s->ks->scratch;
+
+	snprintf(info, sizeof(info), "byok v2 %s xts data key", what);
+	if (!byok_hkdf(s->ks->material, BYOK_KEY_LEN, NULL, 0, info, sc, BYOK_KEY_LEN))
+		return false;
+	snprintf(info, sizeof(info), "byok v2 %s xts tweak key", what);
+	if (!byok_hkdf(s->ks->material, BYOK_KEY_LEN, NULL, 0, info, sc + BYOK_KEY_LEN,
+				   BYOK_KEY_LEN))
+		return false;
+	return slot_set_xts(s, k);
+}
+
 /*
- * Set up the process-wide state from the cluster key material.  Handles key
+ * Set up the selected slot from the cluster key material.  Handles key
  * material: every derived key is wiped once its context holds it.
  */
 bool
 byok_crypto_init(const uint8_t *key_material, ByokError *err)
 {
-	char		info[64];
+	char		what[64];
 	const char *impl = getenv("BYOK_CIPHER_IMPL");
 	bool		force_openssl = impl != NULL && strcmp(impl, "openssl") == 0;
 	bool		require_vaes = impl != NULL && strcmp(impl, "vaes") == 0;
+	ByokKeySlot *s = cur;
 
-	byok_crypto_wipe();
+	slot_wipe(s);
 
 	if (impl != NULL && impl[0] != '\0' && strcmp(impl, "auto") != 0 &&
 		!force_openssl && !require_vaes)
@@ -251,7 +315,7 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 		return false;
 	}
 
-	if (key_state == NULL)
+	if (s->ks == NULL)
 	{
 		void	   *p = mmap(NULL, sizeof(ByokKeyState), PROT_READ | PROT_WRITE,
 							 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -265,64 +329,67 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 		(void) madvise(p, sizeof(ByokKeyState), MADV_DONTDUMP);
 #endif
 		(void) mlock(p, sizeof(ByokKeyState));
-		key_state = p;
+		s->ks = p;
 	}
-	memcpy(key_state->material, key_material, BYOK_KEY_LEN);
+	memcpy(s->ks->material, key_material, BYOK_KEY_LEN);
 
-	if (!byok_hkdf(key_state->material, BYOK_KEY_LEN, NULL, 0,
-				   "byok v1 page data key", key_state->scratch, BYOK_KEY_LEN) ||
-		(page_ctx = crypto_new_ctx(EVP_aes_256_ctr(), key_state->scratch)) == NULL)
+	for (int fc = 0; fc < PAGE_FORK_CLASSES; fc++)
+	{
+		snprintf(what, sizeof(what), "page fork %d body", fc);
+		if (!slot_derive_xts(s, XK_PAGE(fc, UNIT_BODY), what))
+			goto fail;
+		snprintf(what, sizeof(what), "page fork %d head", fc);
+		if (!slot_derive_xts(s, XK_PAGE(fc, UNIT_HEAD), what))
+			goto fail;
+	}
+	if (!slot_derive_xts(s, XK_WAL, "wal"))
+		goto fail;
+
+	/* temporary relations: an ephemeral key, never stored anywhere */
+	for (int unit = 0; unit < 2; unit++)
+	{
+		if (!byok_random_bytes(s->ks->scratch, sizeof(s->ks->scratch)) ||
+			!slot_set_xts(s, XK_TEMP(unit)))
+			goto fail;
+	}
+
+	if (!byok_hkdf(s->ks->material, BYOK_KEY_LEN, NULL, 0, "byok v2 wal marker key",
+				   s->ks->scratch, BYOK_KEY_LEN) ||
+		(s->marker = crypto_new_ctx(EVP_aes_256_ecb(), s->ks->scratch, 1)) == NULL)
 		goto fail;
 	if (use_hw)
-		byok_aes_hw_expand(key_state->scratch, &key_state->page_hw);
+		byok_aes_hw_expand(s->ks->scratch, &s->ks->marker_hw);
 
-	for (int f = 0; f < BYOK_IV_FORKS; f++)
-	{
-		snprintf(info, sizeof(info), "byok v1 page iv key fork %d", f);
-		if (!byok_hkdf(key_state->material, BYOK_KEY_LEN, NULL, 0, info,
-					   key_state->scratch, BYOK_KEY_LEN) ||
-			(iv_ctx[f] = crypto_new_ctx(EVP_aes_256_ecb(), key_state->scratch)) == NULL)
-			goto fail;
-		if (use_hw)
-			byok_aes_hw_expand(key_state->scratch, &key_state->iv_hw[f]);
-	}
-	byok_wipe(key_state->scratch, BYOK_KEY_LEN);
-	crypto_ready = true;
+	byok_wipe(s->ks->scratch, sizeof(s->ks->scratch));
+	s->ready = true;
 	return true;
 
 fail:
-	byok_crypto_wipe();
-	byok_error_set(err, NULL, NULL, "could not set up the AES-256 cipher contexts");
+	slot_wipe(s);
+	byok_error_set(err, NULL, NULL, "could not set up the XTS-AES-256 cipher contexts");
 	return false;
 }
 
-/* Wipe all key material and free the contexts (which cleanse their keys). */
+void
+byok_crypto_select(int slot)
+{
+	if (slot < 0 || slot >= N_SLOTS)
+		crypto_bug("bad key slot");
+	cur = &slots[slot];
+}
+
+/* Wipe all key material and free the contexts. */
 void
 byok_crypto_wipe(void)
 {
-	crypto_ready = false;
-	for (int i = 0; i < WAL_KEY_CACHE; i++)
-	{
-		byok_wal_key_free(wal_key_cache[i].key);
-		wal_key_cache[i].key = NULL;
-	}
-	if (key_state != NULL)
-		byok_wipe(key_state, sizeof(ByokKeyState));
-	if (page_ctx != NULL)
-		EVP_CIPHER_CTX_free(page_ctx);
-	page_ctx = NULL;
-	for (int f = 0; f < BYOK_IV_FORKS; f++)
-	{
-		if (iv_ctx[f] != NULL)
-			EVP_CIPHER_CTX_free(iv_ctx[f]);
-		iv_ctx[f] = NULL;
-	}
+	for (int i = 0; i < N_SLOTS; i++)
+		slot_wipe(&slots[i]);
 }
 
 bool
 byok_crypto_ready(void)
 {
-	return crypto_ready;
+	return cur->ready;
 }
 
 const char *
@@ -336,9 +403,9 @@ byok_crypto_implementation(void)
 bool
 byok_crypto_material_copy(uint8_t out[BYOK_KEY_LEN])
 {
-	if (!crypto_ready)
+	if (!cur->ready)
 		return false;
-	memcpy(out, key_state->material, BYOK_KEY_LEN);
+	memcpy(out, cur->ks->material, BYOK_KEY_LEN);
 	return true;
 }
 
@@ -346,131 +413,80 @@ byok_crypto_material_copy(uint8_t out[BYOK_KEY_LEN])
 bool
 byok_crypto_material_equals(const uint8_t material[BYOK_KEY_LEN])
 {
-	return crypto_ready &&
-		CRYPTO_memcmp(key_state->material, material, BYOK_KEY_LEN) == 0;
+	return cur->ready &&
+		CRYPTO_memcmp(cur->ks->material, material, BYOK_KEY_LEN) == 0;
 }
 
 static inline void
-put_be32(uint8_t *p, uint32_t v)
+put_le32(uint8_t *p, uint32_t v)
 {
-	p[0] = (uint8_t) (v >> 24);
-	p[1] = (uint8_t) (v >> 16);
-	p[2] = (uint8_t) (v >> 8);
-	p[3] = (uint8_t) v;
+	p[0] = (uint8_t) v;
+	p[1] = (uint8_t) (v >> 8);
+	p[2] = (uint8_t) (v >> 16);
+	p[3] = (uint8_t) (v >> 24);
 }
 
 static inline void
-put_be64(uint8_t *p, uint64_t v)
+put_le64(uint8_t *p, uint64_t v)
 {
-	put_be32(p, (uint32_t) (v >> 32));
-	put_be32(p + 4, (uint32_t) v);
+	put_le32(p, (uint32_t) v);
+	put_le32(p + 4, (uint32_t) (v >> 32));
 }
 
-/* Map a fork to its IV key: the init fork shares the main fork's. */
-static inline int
-page_iv_fork(int forknum)
-{
-	return forknum == BYOK_INIT_FORKNUM ? BYOK_MAIN_FORKNUM : forknum;
-}
+/* --- tweaks: this and byok_wal_tweak are the only places they are built --- */
 
-/* One AES-256-ECB block under the IV key of 'fork'. */
-static inline void
-ecb_block(int fork, const uint8_t in[BYOK_BLOCK_LEN], uint8_t out[BYOK_BLOCK_LEN])
-{
-	int			outl = 0;
-
-	if (use_hw)
-		byok_aes_hw_encrypt_block(&key_state->iv_hw[fork], in, out);
-	else if (EVP_EncryptUpdate(iv_ctx[fork], out, &outl, in, BYOK_BLOCK_LEN) != 1 ||
-			 outl != BYOK_BLOCK_LEN)
-		crypto_bug("could not build a page counter block");
-}
-
-/*
- * The counter block of a page (see the file header).  This and
- * byok_wal_counter_block are the only places counter blocks are built.
- */
 void
-byok_page_counter_block(uint64_t nonce, const ByokPageId *id,
-						uint8_t out[BYOK_BLOCK_LEN])
+byok_page_tweak(uint64_t lsn, const ByokPageId *id, uint8_t out[BYOK_BLOCK_LEN])
 {
-	uint8_t		in[BYOK_BLOCK_LEN];
-	int			fork = page_iv_fork(id->forknum);
-
-	if (!crypto_ready || fork < 0 || fork >= BYOK_IV_FORKS)
-		crypto_bug("page cipher used without keys or with a bad fork");
-
-	put_be64(in, nonce);
-	put_be32(in + 8, id->relnumber);
-	put_be32(in + 12, id->blkno);
-	ecb_block(fork, in, out);
-
-	/*
-	 * A tweak (temporary relations) is applied after the first permutation
-	 * and followed by a second one, so it can never alias a different
-	 * nonce, relfilenode or block: E(E(in) XOR (tweak || ~tweak)).
-	 */
-	if (id->tweak != 0)
-	{
-		put_be64(in, id->tweak);
-		put_be64(in + 8, ~id->tweak);
-		for (int i = 0; i < BYOK_BLOCK_LEN; i++)
-			in[i] ^= out[i];
-		ecb_block(fork, in, out);
-	}
-	/* the low 9 bits count the CTR steps inside the page */
-	out[BYOK_BLOCK_LEN - 2] &= (uint8_t) ~((1 << (BYOK_PAGE_COUNTER_BITS - 8)) - 1);
-	out[BYOK_BLOCK_LEN - 1] = 0;
+	put_le64(out, lsn);
+	put_le32(out + 8, id->relnumber);
+	put_le32(out + 12, id->blkno);
 }
 
 void
-byok_wal_counter_block(uint32_t tli, uint64_t pos, uint8_t out[BYOK_BLOCK_LEN])
+byok_wal_tweak(uint64_t pageaddr, uint32_t tli, uint32_t unit,
+			   uint8_t out[BYOK_BLOCK_LEN])
 {
-	put_be32(out, tli);
-	put_be32(out + 4, 0);
-	put_be64(out + 8, pos / BYOK_BLOCK_LEN);
+	put_le64(out, pageaddr);
+	put_le32(out + 8, tli);
+	put_le32(out + 12, unit);
 }
 
-/*
- * AES-256-CTR of 'len' bytes with a context whose key is set, or with the
- * same key's round keys 'hw' (NULL: OpenSSL only).
- */
-static void
-ctr_crypt(EVP_CIPHER_CTX *ctx, const ByokAesSchedule *hw,
-		  const uint8_t iv[BYOK_BLOCK_LEN],
+/* XTS over one data unit with key 'k' of the selected slot. */
+static inline void
+xts_crypt(int k, bool encrypt, const uint8_t tweak[BYOK_BLOCK_LEN],
 		  const uint8_t *in, uint8_t *out, size_t len)
 {
+	EVP_CIPHER_CTX *ctx;
 	int			outl = 0;
 
-	if (hw != NULL && use_hw && byok_aes_hw_ctr(hw, iv, in, out, len))
+	if (!cur->ready)
+		crypto_bug("cipher used without keys");
+	if (use_hw &&
+		(encrypt ? byok_aes_hw_xts_encrypt(&cur->ks->xts_hw[k], tweak, in, out, len) :
+		 byok_aes_hw_xts_decrypt(&cur->ks->xts_hw[k], tweak, in, out, len)))
 		return;
-	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, iv) != 1 ||
-		EVP_EncryptUpdate(ctx, out, &outl, in, (int) len) != 1 ||
+	ctx = encrypt ? cur->enc[k] : cur->dec[k];
+	if (EVP_CipherInit_ex(ctx, NULL, NULL, NULL, tweak, -1) != 1 ||
+		EVP_CipherUpdate(ctx, out, &outl, in, (int) len) != 1 ||
 		(size_t) outl != len)
-		crypto_bug("AES-256-CTR failed");
-}
-
-void
-byok_ctr_page_key(const uint8_t iv[BYOK_BLOCK_LEN], const uint8_t *in,
-				  uint8_t *out, size_t len)
-{
-	if (!crypto_ready)
-		crypto_bug("page cipher used without keys");
-	ctr_crypt(page_ctx, &key_state->page_hw, iv, in, out, len);
+		crypto_bug("XTS-AES-256 failed");
 }
 
 bool
-byok_aes256_ctr_raw(const uint8_t key[BYOK_KEY_LEN],
-					const uint8_t iv[BYOK_BLOCK_LEN],
-					const uint8_t *in, uint8_t *out, size_t len)
+byok_xts_raw(const uint8_t key[2 * BYOK_KEY_LEN], const uint8_t tweak[BYOK_BLOCK_LEN],
+			 bool encrypt, const uint8_t *in, uint8_t *out, size_t len)
 {
-	EVP_CIPHER_CTX *ctx = crypto_new_ctx(EVP_aes_256_ctr(), key);
+	EVP_CIPHER_CTX *ctx = crypto_new_ctx(EVP_aes_256_xts(), key, encrypt ? 1 : 0);
+	int			outl = 0;
+	bool		ok;
 
 	if (ctx == NULL)
 		return false;
-	ctr_crypt(ctx, NULL, iv, in, out, len);
+	ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, tweak, -1) == 1 &&
+		EVP_CipherUpdate(ctx, out, &outl, in, (int) len) == 1 && (size_t) outl == len;
 	EVP_CIPHER_CTX_free(ctx);
-	return true;
+	return ok;
 }
 
 /* --- pages ------------------------------------------------------------ */
@@ -501,76 +517,46 @@ byok_page_header_valid(const char *page)
 		ph->pd_special == MAXALIGN(ph->pd_special);
 }
 
-static inline uint64_t
-page_get_lsn(const char *page)
+/* The XTS key of a page's unit: its fork class (init as main), or temp. */
+static inline int
+page_key(const ByokPageId *id, int unit)
 {
-	return PageXLogRecPtrGet(((const PageHeaderData *) page)->pd_lsn);
+	int			fc = id->forknum == BYOK_INIT_FORKNUM ? BYOK_MAIN_FORKNUM : id->forknum;
+
+	if (fc < 0 || fc >= PAGE_FORK_CLASSES)
+		crypto_bug("page cipher used with a bad fork");
+	return id->temp ? XK_TEMP(unit) : XK_PAGE(fc, unit);
 }
 
+/* Both units of a page, from 'in' to 'out' (bytes 0..9 are not touched). */
 static inline void
-page_set_lsn(char *page, uint64_t lsn)
+page_crypt(const ByokPageId *id, bool encrypt, const char *in, char *out)
 {
-	PageXLogRecPtrSet(((PageHeaderData *) page)->pd_lsn, lsn);
-}
+	uint8_t		tweak[BYOK_BLOCK_LEN];
 
-/*
- * A fresh synthetic nonce: 63 random bits and the marker bit.  RAND_bytes
- * costs ~0.6 us a call, so nonces are drawn 512 at a time; the buffer is
- * refilled in a forked child before its first use, so no two processes
- * ever hand out the same bytes.
- */
-static uint64_t
-synthetic_nonce(void)
-{
-	static uint64_t pool[512];
-	static int	pool_next = lengthof(pool);
-	static pid_t pool_pid = 0;
-	pid_t		pid = getpid();
-
-	if (pool_next >= (int) lengthof(pool) || pool_pid != pid)
-	{
-		if (!byok_random_bytes((uint8_t *) pool, sizeof(pool)))
-			crypto_bug("no random bytes for a synthetic nonce");
-		pool_next = 0;
-		pool_pid = pid;
-	}
-	return pool[pool_next++] | BYOK_SYNTHETIC_NONCE_BIT;
+	byok_page_tweak(PageXLogRecPtrGet(((const PageHeaderData *) in)->pd_lsn), id, tweak);
+	xts_crypt(page_key(id, UNIT_HEAD), encrypt, tweak,
+			  (const uint8_t *) in + BYOK_PAGE_CLEAR_BYTES,
+			  (uint8_t *) out + BYOK_PAGE_CLEAR_BYTES,
+			  BYOK_PAGE_BODY_START - BYOK_PAGE_CLEAR_BYTES);
+	xts_crypt(page_key(id, UNIT_BODY), encrypt, tweak,
+			  (const uint8_t *) in + BYOK_PAGE_BODY_START,
+			  (uint8_t *) out + BYOK_PAGE_BODY_START,
+			  BYOK_PAGE_SIZE - BYOK_PAGE_BODY_START);
 }
 
 void
 byok_page_encrypt(const char *src, char *dst, const ByokPageId *id,
 				  bool checksums)
 {
-	uint64_t	lsn = page_get_lsn(src);
-	uint64_t	nonce;
-	uint8_t		iv[BYOK_BLOCK_LEN];
-
 	if (byok_page_is_zero(src))
 	{
 		memset(dst, 0, BYOK_PAGE_SIZE);
 		return;
 	}
-
-	/*
-	 * LSN-0 pages have no nonce of their own.  Init-fork pages always get a
-	 * synthetic nonce: after a crash the server copies them over the main
-	 * fork, which then changes without WAL and so without a new LSN; had
-	 * the copy kept the init fork's LSN, its next versions would reuse the
-	 * init fork's keystream.
-	 */
-	if (lsn == 0 || id->forknum == BYOK_INIT_FORKNUM)
-		nonce = synthetic_nonce();
-	else if (lsn & BYOK_SYNTHETIC_NONCE_BIT)
-		crypto_bug("page LSN has the synthetic-nonce bit set");
-	else
-		nonce = lsn;
-
-	byok_page_counter_block(nonce, id, iv);
-	page_set_lsn(dst, nonce);
-	ctr_crypt(page_ctx, &key_state->page_hw, iv, (const uint8_t *) src + BYOK_PAGE_CLEAR_BYTES,
-			  (uint8_t *) dst + BYOK_PAGE_CLEAR_BYTES,
-			  BYOK_PAGE_SIZE - BYOK_PAGE_CLEAR_BYTES);
-
+	if (dst != src)
+		memcpy(dst, src, BYOK_PAGE_CLEAR_BYTES);	/* pd_lsn, pd_checksum */
+	page_crypt(id, true, src, dst);
 	if (checksums)
 		((PageHeaderData *) dst)->pd_checksum = page_checksum(dst, id->blkno);
 }
@@ -578,8 +564,6 @@ byok_page_encrypt(const char *src, char *dst, const ByokPageId *id,
 ByokPageResult
 byok_page_decrypt(char *page, const ByokPageId *id, bool checksums)
 {
-	uint64_t	nonce;
-	uint8_t		iv[BYOK_BLOCK_LEN];
 	bool		checksum_ok = true;
 	uint16		plain_checksum;
 
@@ -590,13 +574,7 @@ byok_page_decrypt(char *page, const ByokPageId *id, bool checksums)
 		checksum_ok = ((PageHeaderData *) page)->pd_checksum ==
 			page_checksum(page, id->blkno);
 
-	nonce = page_get_lsn(page);
-	byok_page_counter_block(nonce, id, iv);
-	ctr_crypt(page_ctx, &key_state->page_hw, iv, (uint8_t *) page + BYOK_PAGE_CLEAR_BYTES,
-			  (uint8_t *) page + BYOK_PAGE_CLEAR_BYTES,
-			  BYOK_PAGE_SIZE - BYOK_PAGE_CLEAR_BYTES);
-	if (nonce & BYOK_SYNTHETIC_NONCE_BIT)
-		page_set_lsn(page, 0);
+	page_crypt(id, false, page, page);
 
 	if (checksums)
 	{
@@ -612,238 +590,151 @@ byok_page_decrypt(char *page, const ByokPageId *id, bool checksums)
 	return checksum_ok ? BYOK_PAGE_OK : BYOK_PAGE_BAD_CHECKSUM;
 }
 
-/* --- WAL -------------------------------------------------------------- */
-
-/* Create an epoch key from the key material and the epoch's public salt. */
-ByokWalKey *
-byok_wal_key_create(const uint8_t salt[BYOK_KEY_LEN])
-{
-	ByokWalKey *key;
-	uint8_t		k[BYOK_KEY_LEN];
-
-	if (!crypto_ready)
-		return NULL;
-	key = malloc(sizeof(ByokWalKey));
-	if (key == NULL)
-		return NULL;
-	if (!byok_hkdf(key_state->material, BYOK_KEY_LEN, salt, BYOK_KEY_LEN,
-				   "byok v1 wal epoch key", k, sizeof(k)) ||
-		(key->ctx = crypto_new_ctx(EVP_aes_256_ctr(), k)) == NULL)
-	{
-		byok_wipe(k, sizeof(k));
-		free(key);
-		return NULL;
-	}
-	if (use_hw)
-		byok_aes_hw_expand(k, &key->hw);
-	byok_wipe(k, sizeof(k));
-	return key;
-}
-
-void
-byok_wal_key_free(ByokWalKey *key)
-{
-	if (key == NULL)
-		return;
-	EVP_CIPHER_CTX_free(key->ctx);
-	byok_wipe(&key->hw, sizeof(key->hw));
-	free(key);
-}
-
-static inline bool
-chunk_is_zero(const uint8_t *p)
-{
-	uint64_t	a;
-	uint64_t	b;
-
-	memcpy(&a, p, sizeof(a));
-	memcpy(&b, p + sizeof(a), sizeof(b));
-	return (a | b) == 0;
-}
-
-/* XOR 'len' bytes at offset 'skip' of the chunk at 'pos' with its keystream. */
-static void
-wal_crypt_partial(ByokWalKey *key, uint32_t tli, uint64_t pos, size_t skip,
-				  const uint8_t *in, uint8_t *out, size_t len)
-{
-	uint8_t		iv[BYOK_BLOCK_LEN];
-	uint8_t		ks[BYOK_BLOCK_LEN];
-
-	byok_wal_counter_block(tli, pos, iv);
-	ctr_crypt(key->ctx, &key->hw, iv, zero_chunk, ks, BYOK_BLOCK_LEN);
-	for (size_t i = 0; i < len; i++)
-		out[i] = in[i] ^ ks[skip + i];
-	byok_wipe(ks, sizeof(ks));
-}
-
-void
-byok_wal_crypt(ByokWalKey *key, uint32_t tli, uint64_t pos,
-			   const uint8_t *in, uint8_t *out, size_t len)
-{
-	size_t		head = pos % BYOK_BLOCK_LEN;
-
-	/* a leading partial chunk */
-	if (head != 0 && len > 0)
-	{
-		size_t		n = Min(len, BYOK_BLOCK_LEN - head);
-
-		wal_crypt_partial(key, tli, pos, head, in, out, n);
-		pos += n;
-		in += n;
-		out += n;
-		len -= n;
-	}
-
-	/* whole chunks, in runs of non-zero chunks; zero chunks stay zero */
-	while (len >= BYOK_BLOCK_LEN)
-	{
-		size_t		run = 0;
-
-		if (chunk_is_zero(in))
-		{
-			if (out != in)
-				memset(out, 0, BYOK_BLOCK_LEN);
-			pos += BYOK_BLOCK_LEN;
-			in += BYOK_BLOCK_LEN;
-			out += BYOK_BLOCK_LEN;
-			len -= BYOK_BLOCK_LEN;
-			continue;
-		}
-		while (run + BYOK_BLOCK_LEN <= len && !chunk_is_zero(in + run))
-			run += BYOK_BLOCK_LEN;
-		{
-			uint8_t		iv[BYOK_BLOCK_LEN];
-
-			byok_wal_counter_block(tli, pos, iv);
-			ctr_crypt(key->ctx, &key->hw, iv, in, out, run);
-		}
-		pos += run;
-		in += run;
-		out += run;
-		len -= run;
-	}
-
-	/* a trailing partial chunk */
-	if (len > 0)
-		wal_crypt_partial(key, tli, pos, 0, in, out, len);
-}
-
-/* --- self-describing WAL pages ------------------------------------------ */
-
-#define WAL_OFF_MAGIC		0
-#define WAL_OFF_PAGEADDR	8
-#define WAL_OFF_SALT		20
-
-static ByokWalKey *
-wal_key_for_salt(uint32_t salt)
-{
-	uint8_t		s[BYOK_KEY_LEN] = {0};
-	ByokWalKey *key;
-	int			slot;
-
-	for (int i = 0; i < WAL_KEY_CACHE; i++)
-		if (wal_key_cache[i].key != NULL && wal_key_cache[i].salt == salt)
-			return wal_key_cache[i].key;
-	memcpy(s, "byok wal salt v1", 16);
-	put_be32(s + 16, salt);
-	key = byok_wal_key_create(s);
-	if (key == NULL)
-		crypto_bug("could not derive a WAL key");
-	slot = wal_key_cache_next;
-	wal_key_cache_next = (wal_key_cache_next + 1) % WAL_KEY_CACHE;
-	byok_wal_key_free(wal_key_cache[slot].key);
-	wal_key_cache[slot].salt = salt;
-	wal_key_cache[slot].key = key;
-	return key;
-}
-
-uint16_t
-byok_wal_version(uint32_t counter)
-{
-	uint32_t	v = counter % 65534 + 1;	/* 1 .. 65534 */
-
-	if (v >= XLOG_PAGE_MAGIC)
-		v++;					/* skip the plaintext marker */
-	return (uint16_t) v;
-}
+/* --- WAL pages -------------------------------------------------------- */
 
 static bool
 bytes_are_zero(const char *p, size_t len)
 {
-	for (size_t i = 0; i < len; i++)
-		if (p[i] != 0)
+	const char *end = p + len;
+
+	for (; p + sizeof(uint64_t) <= end; p += sizeof(uint64_t))
+	{
+		uint64_t	w;
+
+		memcpy(&w, p, sizeof(w));
+		if (w != 0)
+			return false;
+	}
+	for (; p < end; p++)
+		if (*p != 0)
 			return false;
 	return true;
 }
 
-/* CTR over a page: the header chunks plainly, the rest with the zero rule. */
-static void
-wal_page_crypt(ByokWalKey *key, uint16_t version, uint64_t pageaddr,
-			   const char *in, char *out, size_t len)
+static inline uint32_t
+wal_marker_stored(const char *page)
 {
-	size_t		head = Min(len, BYOK_WAL_HEADER_CLEAR);
-	uint8_t		iv[BYOK_BLOCK_LEN];
+	uint32_t	m;
 
-	byok_wal_counter_block(version, pageaddr, iv);
-	ctr_crypt(key->ctx, &key->hw, iv, (const uint8_t *) in, (uint8_t *) out, head);
-	if (len > head)
-		byok_wal_crypt(key, version, pageaddr + head, (const uint8_t *) in + head,
-					   (uint8_t *) out + head, len - head);
+	memcpy(&m, page + BYOK_WAL_MARKER_OFF, sizeof(m));
+	return m;
+}
+
+/* The keyed marker of a page at 'pageaddr' on 'tli' under the selected key. */
+static uint32_t
+wal_marker(uint64_t pageaddr, uint32_t tli)
+{
+	uint8_t		in[BYOK_BLOCK_LEN];
+	uint8_t		out[BYOK_BLOCK_LEN];
+	uint32_t	m;
+	int			outl = 0;
+
+	if (!cur->ready)
+		crypto_bug("WAL cipher used without keys");
+	put_le64(in, pageaddr);
+	put_le32(in + 8, tli);
+	memcpy(in + 12, "mark", 4);
+	if (use_hw)
+		byok_aes_hw_encrypt_block(&cur->ks->marker_hw, in, out);
+	else if (EVP_EncryptUpdate(cur->marker, out, &outl, in, BYOK_BLOCK_LEN) != 1 ||
+			 outl != BYOK_BLOCK_LEN)
+		crypto_bug("could not compute a WAL page marker");
+	memcpy(&m, out, sizeof(m));
+	return m != 0 ? m : 1;
+}
+
+/* The clear header's basic shape: magic, info bits, an aligned address. */
+static inline bool
+wal_header_shape(const XLogPageHeaderData *hdr)
+{
+	return hdr->xlp_magic == XLOG_PAGE_MAGIC &&
+		(hdr->xlp_info & ~XLP_ALL_FLAGS) == 0 &&
+		hdr->xlp_pageaddr % BYOK_WAL_PAGE_SIZE == 0;
+}
+
+static inline size_t
+wal_header_len(const XLogPageHeaderData *hdr)
+{
+	return (hdr->xlp_info & XLP_LONG_HEADER) ? SizeOfXLogLongPHD : SizeOfXLogShortPHD;
+}
+
+bool
+byok_wal_page_plain_valid(const char *page, uint32_t segsize, uint64_t off_in_seg)
+{
+	const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) page;
+
+	if (!wal_header_shape(hdr) || wal_marker_stored(page) != 0)
+		return false;
+	if (segsize != 0 &&
+		(hdr->xlp_pageaddr % segsize != off_in_seg ||
+		 ((hdr->xlp_info & XLP_LONG_HEADER) != 0) != (off_in_seg == 0)))
+		return false;
+	return true;
+}
+
+/* Both units of a WAL page, from 'in' to 'out' (the header is not touched). */
+static void
+wal_page_crypt(const XLogPageHeaderData *hdr, bool encrypt, const char *in, char *out)
+{
+	size_t		h = wal_header_len(hdr);
+	uint8_t		tweak[BYOK_BLOCK_LEN];
+
+	byok_wal_tweak(hdr->xlp_pageaddr, hdr->xlp_tli, UNIT_HEAD, tweak);
+	xts_crypt(XK_WAL, encrypt, tweak, (const uint8_t *) in + h, (uint8_t *) out + h,
+			  BYOK_WAL_HEAD_UNIT);
+	byok_wal_tweak(hdr->xlp_pageaddr, hdr->xlp_tli, UNIT_BODY, tweak);
+	xts_crypt(XK_WAL, encrypt, tweak, (const uint8_t *) in + h + BYOK_WAL_HEAD_UNIT,
+			  (uint8_t *) out + h + BYOK_WAL_HEAD_UNIT,
+			  BYOK_WAL_PAGE_SIZE - h - BYOK_WAL_HEAD_UNIT);
 }
 
 void
-byok_wal_page_encrypt(const char *src, char *dst, size_t len, uint64_t pageaddr,
-					  uint32_t salt, uint16_t version)
+byok_wal_page_encrypt(const char *src, char *dst)
 {
-	bool		zero16;
+	const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) src;
+	uint32_t	marker;
 
-	if (len < BYOK_WAL_HEADER_CLEAR || version == 0 || version == XLOG_PAGE_MAGIC ||
-		salt == 0 || pageaddr % BYOK_WAL_PAGE_SIZE != 0)
-		crypto_bug("bad WAL page encryption request");
-	if (bytes_are_zero(src, len))
+	if (bytes_are_zero(src, BYOK_WAL_PAGE_SIZE))
 	{
 		if (dst != src)
-			memset(dst, 0, len);
+			memset(dst, 0, BYOK_WAL_PAGE_SIZE);
 		return;
 	}
-	zero16 = bytes_are_zero(src + 16, 16);
-	wal_page_crypt(wal_key_for_salt(salt), version, pageaddr, src, dst, len);
-	if (zero16)
-		memset(dst + 16, 0, 16);	/* the zero-chunk rule for chunk 1 */
-	memcpy(dst + WAL_OFF_MAGIC, &version, sizeof(version));
-	memcpy(dst + WAL_OFF_PAGEADDR, &pageaddr, sizeof(pageaddr));
-	memcpy(dst + WAL_OFF_SALT, &salt, sizeof(salt));
+	if (!wal_header_shape(hdr) || wal_marker_stored(src) != 0)
+		crypto_bug("WAL page to encrypt has no valid plaintext header");
+	marker = wal_marker(hdr->xlp_pageaddr, hdr->xlp_tli);
+	if (dst != src)
+		memcpy(dst, src, wal_header_len(hdr));
+	wal_page_crypt(hdr, true, src, dst);
+	memcpy(dst + BYOK_WAL_MARKER_OFF, &marker, sizeof(marker));
+}
+
+ByokWalPageKind
+byok_wal_page_kind(const char *page, size_t len)
+{
+	const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) page;
+	uint32_t	stored;
+
+	if (bytes_are_zero(page, len))
+		return BYOK_WAL_PAGE_ZERO;
+	if (len < BYOK_WAL_PAGE_SIZE || !wal_header_shape(hdr))
+		return BYOK_WAL_PAGE_INVALID;
+	stored = wal_marker_stored(page);
+	if (stored == 0)
+		return BYOK_WAL_PAGE_PLAIN;
+	return stored == wal_marker(hdr->xlp_pageaddr, hdr->xlp_tli) ?
+		BYOK_WAL_PAGE_ENCRYPTED : BYOK_WAL_PAGE_FOREIGN;
 }
 
 ByokWalPageKind
 byok_wal_page_decrypt(char *page, size_t len)
 {
-	uint16_t	version;
-	uint64_t	pageaddr;
-	uint32_t	salt;
-	uint16_t	magic = XLOG_PAGE_MAGIC;
-	bool		zero16;
+	ByokWalPageKind kind = byok_wal_page_kind(page, len);
 
-	if (bytes_are_zero(page, len))
-		return BYOK_WAL_PAGE_ZERO;
-	if (len < BYOK_WAL_HEADER_CLEAR)
-		return BYOK_WAL_PAGE_PLAIN;	/* no header to go by: leave it */
-	memcpy(&version, page + WAL_OFF_MAGIC, sizeof(version));
-	if (version == XLOG_PAGE_MAGIC)
-		return BYOK_WAL_PAGE_PLAIN;
-	memcpy(&pageaddr, page + WAL_OFF_PAGEADDR, sizeof(pageaddr));
-	memcpy(&salt, page + WAL_OFF_SALT, sizeof(salt));
-	if (salt == 0 || pageaddr % BYOK_WAL_PAGE_SIZE != 0)
-		return BYOK_WAL_PAGE_PLAIN;	/* not a page byok wrote: garbage */
-	/* chunk 1 (bytes 16-31) stored as zeros around the salt: plaintext zeros */
-	zero16 = bytes_are_zero(page + 16, 4) && bytes_are_zero(page + 24, 8);
-	wal_page_crypt(wal_key_for_salt(salt), version, pageaddr, page, page, len);
-	memcpy(page + WAL_OFF_MAGIC, &magic, sizeof(magic));
-	memcpy(page + WAL_OFF_PAGEADDR, &pageaddr, sizeof(pageaddr));
-	if (zero16)
-		memset(page + 16, 0, 16);
-	else
-		memset(page + WAL_OFF_SALT, 0, sizeof(salt));
+	if (kind != BYOK_WAL_PAGE_ENCRYPTED)
+		return kind;
+	wal_page_crypt((const XLogPageHeaderData *) page, false, page, page);
+	memset(page + BYOK_WAL_MARKER_OFF, 0, sizeof(uint32_t));
 	return BYOK_WAL_PAGE_DECRYPTED;
 }
 

@@ -331,6 +331,18 @@ keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
 			ok = copy_field(kr->key_version, sizeof(kr->key_version), value);
 		else if (strcmp(name, "wrapped_key") == 0)
 			ok = copy_field(kr->wrapped_key, sizeof(kr->wrapped_key), value);
+		else if (strcmp(name, "recrypt_format") == 0)
+			kr->recrypt_format = atoi(value);
+		else if (strcmp(name, "recrypt_key_version") == 0)
+			ok = copy_field(kr->recrypt_key_version, sizeof(kr->recrypt_key_version), value);
+		else if (strcmp(name, "recrypt_wrapped_key") == 0)
+			ok = copy_field(kr->recrypt_wrapped_key, sizeof(kr->recrypt_wrapped_key), value);
+		else if (strcmp(name, "recrypt_backup_key_version") == 0)
+			ok = copy_field(kr->recrypt_backup_key_version,
+							sizeof(kr->recrypt_backup_key_version), value);
+		else if (strcmp(name, "recrypt_backup_wrapped_key") == 0)
+			ok = copy_field(kr->recrypt_backup_wrapped_key,
+							sizeof(kr->recrypt_backup_wrapped_key), value);
 		else if (strcmp(name, "created") == 0)
 			ok = copy_field(kr->created, sizeof(kr->created), value);
 		else if (strcmp(name, "updated") == 0)
@@ -356,18 +368,22 @@ keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
 	}
 	free(buf);
 
-	if (kr->format != BYOK_KEYRING_FORMAT)
+	if (kr->format != 1 && kr->format != BYOK_KEYRING_FORMAT)
 	{
 		char		detail[128];
 
-		snprintf(detail, sizeof(detail), "It has format %d; this byok reads format %d.",
+		snprintf(detail, sizeof(detail), "It has format %d; this byok reads formats 1 and %d.",
 				 kr->format, BYOK_KEYRING_FORMAT);
-		byok_error_set(err, detail, NULL, "keyring file \"%s\" is not supported", path);
+		byok_error_set(err, detail, "The keyring may come from a newer byok; install that version.",
+					   "keyring file \"%s\" is not supported", path);
 		return false;
 	}
 	if (kr->system_identifier == 0 || kr->state[0] == '\0' ||
 		kr->provider[0] == '\0' || kr->wrapped_key[0] == '\0' ||
-		strcmp(kr->cipher, BYOK_CIPHER_NAME) != 0)
+		strcmp(kr->cipher, kr->format == 1 ? BYOK_CIPHER_NAME_V1 : BYOK_CIPHER_NAME) != 0 ||
+		((strcmp(kr->state, BYOK_STATE_CONVERTING) == 0 ||
+		  strcmp(kr->state, BYOK_STATE_ROTATING) == 0) &&
+		 (kr->recrypt_format != BYOK_KEYRING_FORMAT || kr->recrypt_wrapped_key[0] == '\0')))
 	{
 		byok_error_set(err, "A required field is missing or has an unknown value.",
 					   hint, "keyring file \"%s\" is invalid", path);
@@ -398,8 +414,9 @@ keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err)
 		return false;
 	}
 
-	kr->format = BYOK_KEYRING_FORMAT;
-	strcpy(kr->cipher, BYOK_CIPHER_NAME);
+	if (kr->format == 0)
+		kr->format = BYOK_KEYRING_FORMAT;
+	strcpy(kr->cipher, kr->format == 1 ? BYOK_CIPHER_NAME_V1 : BYOK_CIPHER_NAME);
 	if (kr->created[0] == '\0')
 		byok_now_iso8601(kr->created, sizeof(kr->created));
 	if (kr->key_bound[0] == '\0')
@@ -435,6 +452,15 @@ keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err)
 				   kr->root_key_id, kr->key_version, kr->wrapped_key,
 				   kr->created, kr->updated, kr->key_bound,
 				   kr->backup_key_crn, kr->backup_key_version, kr->backup_wrapped_key);
+	if (kr->recrypt_wrapped_key[0] != '\0')
+		len += snprintf(buf + len, KEYRING_MAX_SIZE - len,
+						"recrypt_format = %d\n"
+						"recrypt_key_version = %s\n"
+						"recrypt_wrapped_key = %s\n"
+						"recrypt_backup_key_version = %s\n"
+						"recrypt_backup_wrapped_key = %s\n",
+						kr->recrypt_format, kr->recrypt_key_version, kr->recrypt_wrapped_key,
+						kr->recrypt_backup_key_version, kr->recrypt_backup_wrapped_key);
 	byok_sha256(buf, len, digest);
 	hex_encode_bytes(digest, sizeof(digest), hex);
 	len += snprintf(buf + len, KEYRING_MAX_SIZE - len, "%s%s\n", CHECKSUM_PREFIX, hex);

@@ -16,15 +16,18 @@
 
 #define BYOK_DIR				"byok"
 #define BYOK_KEYRING_FILE		"byok/keyring"
-#define BYOK_KEYRING_FORMAT		1
+#define BYOK_KEYRING_FORMAT		BYOK_FORMAT	/* the format this byok writes */
 #define BYOK_PROVIDER_LOCAL		"local"
-#define BYOK_CIPHER_NAME		"aes-256-ctr"
+#define BYOK_CIPHER_NAME		"aes-256-xts"	/* format 2 */
+#define BYOK_CIPHER_NAME_V1		"aes-256-ctr"	/* format 1, read by pg_byok convert */
 #define BYOK_MAX_WRAPPED		4096
 #define BYOK_MAX_TEXT			1024
 
 /* Where the cluster stands. */
 #define BYOK_STATE_ENABLING		"enabling"	/* pg_byok enable in progress */
 #define BYOK_STATE_ENABLED		"enabled"
+#define BYOK_STATE_CONVERTING	"converting"	/* pg_byok convert (format 1 -> 2) */
+#define BYOK_STATE_ROTATING		"rotating"	/* pg_byok rotate-data-key */
 
 typedef struct ByokKeyring
 {
@@ -45,6 +48,17 @@ typedef struct ByokKeyring
 	char		backup_key_crn[BYOK_MAX_TEXT];
 	char		backup_key_version[128];
 	char		backup_wrapped_key[BYOK_MAX_WRAPPED];
+
+	/*
+	 * While pg_byok convert or rotate-data-key runs (state converting or
+	 * rotating): the format and wrapped key material every file is being
+	 * re-encrypted to.  Empty otherwise.
+	 */
+	int			recrypt_format;
+	char		recrypt_key_version[128];
+	char		recrypt_wrapped_key[BYOK_MAX_WRAPPED];
+	char		recrypt_backup_key_version[128];
+	char		recrypt_backup_wrapped_key[BYOK_MAX_WRAPPED];
 } ByokKeyring;
 
 /* Read and check the keyring; false with err set when missing or bad. */

@@ -40,12 +40,14 @@
 #include "storage/checksum.h"
 
 #include "crypto.h"
+#include "crypto_v1.h"
 #include "keyring.h"
 #include "kms.h"
 #include "provider.h"
 
 #define BYOK_VERSION		"1.0"
 #define ENABLE_JOURNAL		"byok/enable.journal"
+#define RECRYPT_JOURNAL		"byok/recrypt.journal"
 #define TMP_SUFFIX			".byok.tmp"
 #define BATCH_FILES			64
 #define BATCH_BYTES			(256 * 1024 * 1024)
@@ -82,6 +84,23 @@ static bool kms_opts_set[8];		/* which came from the command line */
 static bool show_progress = false;
 static regex_t relfile_re;
 
+/*
+ * What the journaled rewrite of every relation file and WAL segment does to
+ * each page: encrypt plaintext (enable), decrypt format 1 and encrypt
+ * format 2 (convert), or decrypt under the old key material (key slot
+ * BYOK_SLOT_OLD) and encrypt under the new (rotate-data-key).
+ */
+typedef enum RecryptMode
+{
+	RECRYPT_ENABLE,
+	RECRYPT_CONVERT,
+	RECRYPT_ROTATE
+} RecryptMode;
+
+static RecryptMode recrypt_mode = RECRYPT_ENABLE;
+
+static void keyring_of_stopped_cluster(ByokKeyring *kr);
+
 /* --- small helpers ------------------------------------------------------ */
 
 static void
@@ -114,6 +133,8 @@ usage(void)
 	printf("  %s enable -D DATADIR --key-crn CRN --api-key-file FILE [KMS OPTIONS]\n", progname);
 	printf("  %s verify -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
 	printf("  %s rekey -D DATADIR {--key-crn CRN | --local [--root-key-file FILE]} [KMS OPTIONS]\n", progname);
+	printf("  %s convert -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
+	printf("  %s rotate-data-key -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
 	printf("  %s waldump -D DATADIR [-- PG_WALDUMP_OPTIONS]\n", progname);
 	printf("  %s restore-prepare -D DATADIR --key-crn NEW_CRN [--use-backup-key] [KMS OPTIONS]\n", progname);
 	printf("\nCommands:\n");
@@ -121,6 +142,10 @@ usage(void)
 	printf("            (crash-safe; run it again after an interruption to resume)\n");
 	printf("  status    show the keyring and key state of a cluster\n");
 	printf("  verify    check that every page decrypts (and, with data checksums, verifies)\n");
+	printf("  convert   re-encrypt a cluster of on-disk format 1 (AES-256-CTR) in format 2\n");
+	printf("            (AES-256-XTS), same key material (crash-safe, resumable)\n");
+	printf("  rotate-data-key  re-encrypt every relation file and WAL segment under new\n");
+	printf("            random key material (crash-safe, resumable); the old material is removed\n");
 	printf("  waldump   decrypt the WAL segments and show them with pg_waldump\n");
 	printf("  restore-prepare  make a restored copy start under its own new disk key,\n");
 	printf("            unwrapping with the backup key (--use-backup-key) or the copy's disk key\n");
@@ -324,7 +349,7 @@ page_id_for(const RelFile *f, uint32 block_in_file, ByokPageId *id)
 	id->relnumber = f->relnumber;
 	id->forknum = f->forknum;
 	id->blkno = f->segno * RELSEG_SIZE + block_in_file;
-	id->tweak = 0;
+	id->temp = false;
 }
 
 static void
@@ -494,12 +519,40 @@ encrypt_file(const RelFile *f, bool checksums, uint64 *done, uint64 total,
 	while ((n = read(in, page.data, BLCKSZ)) > 0)
 	{
 		ByokPageId	id;
+		bool		bad_checksum = false;
 
 		if (n != BLCKSZ)
 			pg_fatal("file \"%s\" ends with a partial page (%zd bytes at block %u)",
 					 src, n, blk);
 		page_id_for(f, blk, &id);
+		if (recrypt_mode != RECRYPT_ENABLE)
+		{
+			ByokPageResult res;
+
+			if (recrypt_mode == RECRYPT_CONVERT)
+				res = byok_v1_page_decrypt(page.data, id.relnumber, id.forknum, id.blkno,
+										   checksums);
+			else
+			{
+				byok_crypto_select(BYOK_SLOT_OLD);
+				res = byok_page_decrypt(page.data, &id, checksums);
+				byok_crypto_select(BYOK_SLOT_CURRENT);
+			}
+			bad_checksum = res == BYOK_PAGE_BAD_CHECKSUM;
+		}
 		byok_page_encrypt(page.data, enc.data, &id, checksums);
+
+		/*
+		 * A page that failed its checksum under the old key must fail it
+		 * under the new one too: re-encrypting must not hide damage (a torn
+		 * page of a crashed cluster is repaired by WAL replay as before).
+		 */
+		if (bad_checksum)
+		{
+			((PageHeader) enc.data)->pd_checksum ^= 1;
+			pg_log_warning("block %u of file \"%s\" fails its data checksum; it is re-encrypted as it is and still fails it",
+						   id.blkno, src);
+		}
 		if (write(out, enc.data, BLCKSZ) != BLCKSZ)
 			pg_fatal("could not write file \"%s\": %m", tmp);
 		blk++;
@@ -516,11 +569,12 @@ encrypt_file(const RelFile *f, bool checksums, uint64 *done, uint64 total,
 
 /* --- WAL segments ---------------------------------------------------------- */
 
+/* A WAL segment's name, or a .partial segment's (left by a promotion). */
 static bool
 is_segment_name(const char *name)
 {
-	return strlen(name) == XLOG_FNAME_LEN &&
-		strspn(name, "0123456789ABCDEF") == XLOG_FNAME_LEN;
+	return strspn(name, "0123456789ABCDEF") == XLOG_FNAME_LEN &&
+		(name[XLOG_FNAME_LEN] == '\0' || strcmp(name + XLOG_FNAME_LEN, ".partial") == 0);
 }
 
 /* Sorted names of the WAL segments in DATADIR/pg_wal. */
@@ -557,41 +611,63 @@ list_wal_segments(int *count)
 }
 
 /*
- * Encrypt the plaintext pages of every WAL segment (the segments of a
- * cleanly shut down cluster are plaintext before enable).  Each segment
- * with plaintext pages is rewritten into a temp file, fsynced and renamed
- * into place, so a crash leaves it whole; pages already encrypted (stored
- * magic is not 0xD110) are kept, so a rerun converts only what is left.
+ * One WAL page as it should be stored after enable, convert or rotation:
+ * true if 'page' was changed.  Pages already under the current key are
+ * kept (a rerun converts only what is left); plaintext and old-key pages,
+ * recycled segments' pages included, are encrypted under their own
+ * header's address; anything else that is not zeros is not WAL that
+ * PostgreSQL could read, and is zeroed so that nothing stays in clear.
+ */
+static bool
+recrypt_wal_page(char *page, uint32 segsize, uint64 off_in_seg, int *zeroed)
+{
+	ByokWalPageKind kind = byok_wal_page_kind(page, XLOG_BLCKSZ);
+
+	if (kind == BYOK_WAL_PAGE_ZERO || kind == BYOK_WAL_PAGE_ENCRYPTED)
+		return false;
+	if (recrypt_mode == RECRYPT_CONVERT)
+		(void) byok_v1_wal_page_decrypt(page, XLOG_BLCKSZ);
+	else if (recrypt_mode == RECRYPT_ROTATE)
+	{
+		byok_crypto_select(BYOK_SLOT_OLD);
+		(void) byok_wal_page_decrypt(page, XLOG_BLCKSZ);
+		byok_crypto_select(BYOK_SLOT_CURRENT);
+	}
+	if (byok_wal_page_plain_valid(page, segsize, off_in_seg))
+		byok_wal_page_encrypt(page, page);
+	else
+	{
+		memset(page, 0, XLOG_BLCKSZ);
+		(*zeroed)++;
+	}
+	return true;
+}
+
+/*
+ * Bring every WAL segment (and .partial segment) in pg_wal to the current
+ * key: each segment with a page to change is rewritten into a temp file,
+ * fsynced and renamed into place, so a crash leaves it whole, and a rerun
+ * finds what is left.
  */
 static void
-encrypt_wal_segments(uint32 segsize, int *segments_done, int *pages_done)
+encrypt_wal_segments(uint32 segsize, int *segments_done, int *pages_done, int *zeroed)
 {
 	int			nseg;
 	char	  **segs = list_wal_segments(&nseg);
-	uint32		salt = 0;
-	uint32		counter = 1;
 	PGAlignedXLogBlock page;
 	ByokError	err = {0};
 
 	*segments_done = 0;
 	*pages_done = 0;
-	while (salt == 0)
-		if (!byok_random_bytes((uint8_t *) &salt, sizeof(salt)))
-			pg_fatal("could not generate a random WAL salt");
-
+	*zeroed = 0;
 	for (int i = 0; i < nseg; i++)
 	{
 		char		path[MAXPGPATH];
 		char		tmp[MAXPGPATH];
 		int			in;
 		int			out = -1;
-		TimeLineID	tli;
-		XLogSegNo	segno;
-		uint64		segstart;
 		bool		any = false;
 
-		XLogFromFileName(segs[i], &tli, &segno, segsize);
-		XLogSegNoOffsetToRecPtr(segno, 0, segsize, segstart);
 		snprintf(path, sizeof(path), "%s/pg_wal/%s", datadir, segs[i]);
 		snprintf(tmp, sizeof(tmp), "%s%s", path, TMP_SUFFIX);
 		in = open(path, O_RDONLY | PG_BINARY, 0);
@@ -601,11 +677,11 @@ encrypt_wal_segments(uint32 segsize, int *segments_done, int *pages_done)
 		/* first pass: anything to do? */
 		for (off_t off = 0; off < segsize && !any; off += XLOG_BLCKSZ)
 		{
-			XLogPageHeader hdr = (XLogPageHeader) page.data;
+			int			z = 0;
 
 			if (pg_pread(in, page.data, XLOG_BLCKSZ, off) != XLOG_BLCKSZ)
 				break;
-			any = hdr->xlp_magic == XLOG_PAGE_MAGIC && hdr->xlp_pageaddr == segstart + off;
+			any = recrypt_wal_page(page.data, segsize, off, &z);
 		}
 		if (!any)
 		{
@@ -618,20 +694,17 @@ encrypt_wal_segments(uint32 segsize, int *segments_done, int *pages_done)
 			pg_fatal("could not create file \"%s\": %m", tmp);
 		for (off_t off = 0;; off += XLOG_BLCKSZ)
 		{
-			XLogPageHeader hdr = (XLogPageHeader) page.data;
 			ssize_t		n = pg_pread(in, page.data, XLOG_BLCKSZ, off);
 
 			if (n < 0)
 				pg_fatal("could not read file \"%s\": %m", path);
 			if (n == 0)
 				break;
-			if (n == XLOG_BLCKSZ && hdr->xlp_magic == XLOG_PAGE_MAGIC &&
-				hdr->xlp_pageaddr == segstart + off)
-			{
-				byok_wal_page_encrypt(page.data, page.data, XLOG_BLCKSZ, segstart + off,
-									  salt, byok_wal_version(counter++));
+			if (n != XLOG_BLCKSZ)
+				pg_fatal("WAL segment \"%s\" ends with a partial page (%zd bytes at offset %lld)",
+						 path, n, (long long) off);
+			if (recrypt_wal_page(page.data, segsize, off % segsize, zeroed))
 				(*pages_done)++;
-			}
 			if (pg_pwrite(out, page.data, n, off) != n)
 				pg_fatal("could not write file \"%s\": %m", tmp);
 		}
@@ -647,7 +720,7 @@ encrypt_wal_segments(uint32 segsize, int *segments_done, int *pages_done)
 
 /* The set of paths in the enable journal. */
 static char **
-read_journal(int *count)
+read_journal(const char *journal, int *count)
 {
 	char		path[MAXPGPATH];
 	FILE	   *fp;
@@ -656,7 +729,7 @@ read_journal(int *count)
 	int			n = 0;
 	int			cap = 0;
 
-	snprintf(path, sizeof(path), "%s/%s", datadir, ENABLE_JOURNAL);
+	snprintf(path, sizeof(path), "%s/%s", datadir, journal);
 	fp = fopen(path, "r");
 	*count = 0;
 	if (fp == NULL)
@@ -682,13 +755,17 @@ read_journal(int *count)
 }
 
 
+/*
+ * Rewrite every relation file of the cluster through the journal (see the
+ * file header): enable encrypts, convert and rotate-data-key re-encrypt.
+ * 'journal' is relative to the data directory.  Returns the files and
+ * bytes rewritten and when it started.
+ */
 static void
-cmd_enable(void)
+rewrite_relation_files(const ControlFileData *cf, const char *journal,
+					   uint64 *files_out, uint64 *bytes_out, double *start_out)
 {
-	ControlFileData *cf;
-	ByokKeyring kr;
 	ByokError	err = {0};
-	bool		missing;
 	RelFileList list;
 	char	  **journaled;
 	int			njournaled;
@@ -697,97 +774,10 @@ cmd_enable(void)
 	uint64		done = 0;
 	uint64		files_done = 0;
 	double		start;
-	bool		resumed = false;
 	int			batch_start;
 
-	check_server_stopped();
-	cf = read_control_file();
-	if (cf->state != DB_SHUTDOWNED)
-	{
-		pg_log_error("cluster must be shut down cleanly to be encrypted");
-		pg_log_error_detail("pg_control says the cluster state is \"%s\".",
-							cf->state == DB_IN_PRODUCTION ? "in production" :
-							cf->state == DB_SHUTDOWNED_IN_RECOVERY ? "shut down in recovery" :
-							"not shut down");
-		pg_log_error_hint("Start the server without byok and stop it with \"pg_ctl stop -m fast\", then run pg_byok enable again.");
-		exit(1);
-	}
-
-	if (keyring_read(datadir, &kr, &missing, &err))
-	{
-		if (strcmp(kr.state, BYOK_STATE_ENABLED) == 0)
-		{
-			printf("cluster \"%s\" is already encrypted\n", datadir);
-			return;
-		}
-		if (kr.system_identifier != cf->system_identifier)
-			pg_fatal("keyring belongs to system identifier %llu, this cluster is %llu",
-					 (unsigned long long) kr.system_identifier,
-					 (unsigned long long) cf->system_identifier);
-		load_keys(&kr, cf->system_identifier);
-		resumed = true;
-		printf("resuming the interrupted encryption of \"%s\"\n", datadir);
-	}
-	else if (!missing)
-		report_error_and_exit(&err);
-	else
-	{
-		uint8_t		material[BYOK_KEY_LEN];
-		char		defpath[MAXPGPATH];
-		ByokRootKey root;
-
-		configured_root(NULL, &root);
-		if (strcmp(root.provider, BYOK_PROVIDER_LOCAL) == 0)
-		{
-			bool		existed;
-
-			if (root.root_key_file[0] == '\0')
-			{
-				snprintf(defpath, sizeof(defpath), "%s.byok-root.key", datadir);
-				snprintf(root.root_key_file, sizeof(root.root_key_file), "%s", defpath);
-			}
-			snprintf(root.root_key_file, sizeof(root.root_key_file), "%s",
-					 make_absolute_path(root.root_key_file));
-			existed = access(root.root_key_file, F_OK) == 0;
-			printf(existed ? "using the existing root key file \"%s\"\n" :
-				   "creating a new local root key in \"%s\" (mode 0600; keep it outside backups of the data directory)\n",
-				   root.root_key_file);
-		}
-		else
-			printf("wrapping the cluster key with Key Protect key %s\n", root.kms.key_crn);
-
-		memset(&kr, 0, sizeof(kr));
-		kr.system_identifier = cf->system_identifier;
-		strcpy(kr.state, BYOK_STATE_ENABLING);
-		if (!byok_random_bytes(material, sizeof(material)))
-			pg_fatal("could not generate random key material");
-		if (!provider_wrap(&kr, &root, material, &err))
-		{
-			byok_wipe(material, sizeof(material));
-			report_error_and_exit(&err);
-		}
-		{
-			const char *backup = opt_backup_key_crn ? opt_backup_key_crn : conf_backup_crn;
-
-			if (backup[0] != '\0')
-			{
-				if (!provider_backup_wrap(&kr, &root.kms, backup, material, &err))
-				{
-					byok_wipe(material, sizeof(material));
-					report_error_and_exit(&err);
-				}
-				printf("the key material is also wrapped by backup key %s\n", backup);
-			}
-		}
-		if (!byok_crypto_init(material, &err))
-			report_error_and_exit(&err);
-		byok_wipe(material, sizeof(material));
-		if (!keyring_write(datadir, &kr, &err))
-			report_error_and_exit(&err);
-	}
-
 	collect_relation_files(&list);
-	journaled = read_journal(&njournaled);
+	journaled = read_journal(journal, &njournaled);
 	if (njournaled > 0)
 		qsort(journaled, njournaled, sizeof(char *), str_cmp);
 
@@ -813,7 +803,7 @@ cmd_enable(void)
 		}
 	}
 
-	snprintf(jpath, sizeof(jpath), "%s/%s", datadir, ENABLE_JOURNAL);
+	snprintf(jpath, sizeof(jpath), "%s/%s", datadir, journal);
 	jfd = open(jpath, O_WRONLY | O_CREAT | O_APPEND | PG_BINARY, pg_file_create_mode);
 	if (jfd < 0)
 		pg_fatal("could not open file \"%s\": %m", jpath);
@@ -909,13 +899,131 @@ cmd_enable(void)
 		}
 	}
 
-	{
-		int			wal_segments;
-		int			wal_pages;
+	*files_out = files_done;
+	*bytes_out = done;
+	*start_out = start;
+}
 
-		encrypt_wal_segments(cf->xlog_seg_size, &wal_segments, &wal_pages);
-		printf("%s: encrypted %d WAL pages in %d segments\n", progname, wal_pages, wal_segments);
+/* Every WAL segment to the current key, with a line saying what was done. */
+static void
+rewrite_wal_segments(const ControlFileData *cf)
+{
+	int			wal_segments;
+	int			wal_pages;
+	int			zeroed;
+	double		start = now_seconds();
+
+	encrypt_wal_segments(cf->xlog_seg_size, &wal_segments, &wal_pages, &zeroed);
+	printf("%s: encrypted %d WAL pages in %d segments in %.2f s%s\n", progname, wal_pages,
+		   wal_segments, now_seconds() - start, "");
+	if (zeroed > 0)
+		printf("%s: zeroed %d pages in pg_wal that were not valid WAL (nothing PostgreSQL could read; no plaintext is left)\n",
+			   progname, zeroed);
+}
+
+static void
+cmd_enable(void)
+{
+	ControlFileData *cf;
+	ByokKeyring kr;
+	ByokError	err = {0};
+	bool		missing;
+	char		jpath[MAXPGPATH];
+	uint64		done = 0;
+	uint64		files_done = 0;
+	double		start;
+	bool		resumed = false;
+
+	check_server_stopped();
+	cf = read_control_file();
+	if (cf->state != DB_SHUTDOWNED)
+	{
+		pg_log_error("cluster must be shut down cleanly to be encrypted");
+		pg_log_error_detail("pg_control says the cluster state is \"%s\".",
+							cf->state == DB_IN_PRODUCTION ? "in production" :
+							cf->state == DB_SHUTDOWNED_IN_RECOVERY ? "shut down in recovery" :
+							"not shut down");
+		pg_log_error_hint("Start the server without byok and stop it with \"pg_ctl stop -m fast\", then run pg_byok enable again.");
+		exit(1);
 	}
+
+	if (keyring_read(datadir, &kr, &missing, &err))
+	{
+		if (strcmp(kr.state, BYOK_STATE_ENABLED) == 0)
+		{
+			printf("cluster \"%s\" is already encrypted\n", datadir);
+			return;
+		}
+		if (kr.system_identifier != cf->system_identifier)
+			pg_fatal("keyring belongs to system identifier %llu, this cluster is %llu",
+					 (unsigned long long) kr.system_identifier,
+					 (unsigned long long) cf->system_identifier);
+		load_keys(&kr, cf->system_identifier);
+		resumed = true;
+		printf("resuming the interrupted encryption of \"%s\"\n", datadir);
+	}
+	else if (!missing)
+		report_error_and_exit(&err);
+	else
+	{
+		uint8_t		material[BYOK_KEY_LEN];
+		char		defpath[MAXPGPATH];
+		ByokRootKey root;
+
+		configured_root(NULL, &root);
+		if (strcmp(root.provider, BYOK_PROVIDER_LOCAL) == 0)
+		{
+			bool		existed;
+
+			if (root.root_key_file[0] == '\0')
+			{
+				snprintf(defpath, sizeof(defpath), "%s.byok-root.key", datadir);
+				snprintf(root.root_key_file, sizeof(root.root_key_file), "%s", defpath);
+			}
+			snprintf(root.root_key_file, sizeof(root.root_key_file), "%s",
+					 make_absolute_path(root.root_key_file));
+			existed = access(root.root_key_file, F_OK) == 0;
+			printf(existed ? "using the existing root key file \"%s\"\n" :
+				   "creating a new local root key in \"%s\" (mode 0600; keep it outside backups of the data directory)\n",
+				   root.root_key_file);
+		}
+		else
+			printf("wrapping the cluster key with Key Protect key %s\n", root.kms.key_crn);
+
+		memset(&kr, 0, sizeof(kr));
+		kr.system_identifier = cf->system_identifier;
+		strcpy(kr.state, BYOK_STATE_ENABLING);
+		if (!byok_random_bytes(material, sizeof(material)))
+			pg_fatal("could not generate random key material");
+		if (!provider_wrap(&kr, &root, material, &err))
+		{
+			byok_wipe(material, sizeof(material));
+			report_error_and_exit(&err);
+		}
+		{
+			const char *backup = opt_backup_key_crn ? opt_backup_key_crn : conf_backup_crn;
+
+			if (backup[0] != '\0')
+			{
+				if (!provider_backup_wrap(&kr, &root.kms, backup, material, &err))
+				{
+					byok_wipe(material, sizeof(material));
+					report_error_and_exit(&err);
+				}
+				printf("the key material is also wrapped by backup key %s\n", backup);
+			}
+		}
+		if (!byok_crypto_init(material, &err))
+			report_error_and_exit(&err);
+		byok_wipe(material, sizeof(material));
+		if (!keyring_write(datadir, &kr, &err))
+			report_error_and_exit(&err);
+	}
+
+	rewrite_relation_files(cf, ENABLE_JOURNAL, &files_done, &done, &start);
+	snprintf(jpath, sizeof(jpath), "%s/%s", datadir, ENABLE_JOURNAL);
+
+	rewrite_wal_segments(cf);
 
 	strcpy(kr.state, BYOK_STATE_ENABLED);
 	if (!keyring_write(datadir, &kr, &err))
@@ -933,6 +1041,214 @@ cmd_enable(void)
 		printf("%s: cluster \"%s\" is encrypted; add shared_preload_libraries = 'byok' to postgresql.conf and start it\n",
 			   progname, datadir);
 	}
+}
+
+/* --- convert and rotate-data-key -------------------------------------------- */
+
+/*
+ * Unwrap the key material wrapped as 'wrapped' (version 'version') with the
+ * keyring's root key and set up key slot 'slot' from it.  Handles key
+ * material.
+ */
+static void
+unwrap_into_slot(const ByokKeyring *kr, const char *wrapped, const char *version, int slot)
+{
+	ByokKeyring *copy = pg_malloc(sizeof(ByokKeyring));
+	ByokError	err = {0};
+	ByokRootKey root;
+	uint8_t		material[BYOK_KEY_LEN];
+	bool		changed;
+	bool		ok;
+
+	*copy = *kr;
+	snprintf(copy->wrapped_key, sizeof(copy->wrapped_key), "%s", wrapped);
+	snprintf(copy->key_version, sizeof(copy->key_version), "%s", version);
+	configured_root(copy, &root);
+	ok = provider_unwrap(copy, &root, material, &changed, &err);
+	pg_free(copy);
+	if (!ok)
+		report_error_and_exit(&err);
+	byok_crypto_select(slot);
+	ok = byok_crypto_init(material, &err);
+	byok_crypto_select(BYOK_SLOT_CURRENT);
+	if (ok && slot == BYOK_SLOT_CURRENT && recrypt_mode == RECRYPT_CONVERT)
+		ok = byok_v1_init(material, &err);
+	byok_wipe(material, sizeof(material));
+	if (!ok)
+		report_error_and_exit(&err);
+}
+
+/* The common end of convert and rotate-data-key. */
+static void
+finish_recrypt(const ControlFileData *cf, ByokKeyring *kr, const char *what)
+{
+	ByokError	err = {0};
+	char		jpath[MAXPGPATH];
+	uint64		files = 0;
+	uint64		bytes = 0;
+	double		start;
+	double		secs;
+
+	rewrite_relation_files(cf, RECRYPT_JOURNAL, &files, &bytes, &start);
+	rewrite_wal_segments(cf);
+
+	/* the new material becomes the only one; the old is gone from the keyring */
+	kr->format = kr->recrypt_format;
+	snprintf(kr->wrapped_key, sizeof(kr->wrapped_key), "%s", kr->recrypt_wrapped_key);
+	snprintf(kr->key_version, sizeof(kr->key_version), "%s", kr->recrypt_key_version);
+	if (kr->backup_key_crn[0] != '\0')
+	{
+		snprintf(kr->backup_wrapped_key, sizeof(kr->backup_wrapped_key), "%s",
+				 kr->recrypt_backup_wrapped_key);
+		snprintf(kr->backup_key_version, sizeof(kr->backup_key_version), "%s",
+				 kr->recrypt_backup_key_version);
+	}
+	kr->recrypt_format = 0;
+	kr->recrypt_wrapped_key[0] = '\0';
+	kr->recrypt_key_version[0] = '\0';
+	kr->recrypt_backup_wrapped_key[0] = '\0';
+	kr->recrypt_backup_key_version[0] = '\0';
+	strcpy(kr->state, BYOK_STATE_ENABLED);
+	if (!keyring_write(datadir, kr, &err))
+		report_error_and_exit(&err);
+	snprintf(jpath, sizeof(jpath), "%s/%s", datadir, RECRYPT_JOURNAL);
+	if (unlink(jpath) != 0 && errno != ENOENT)
+		pg_fatal("could not remove file \"%s\": %m", jpath);
+
+	secs = now_seconds() - start;
+	printf("%s: %s: re-encrypted %llu files (%.1f MB) in %.2f s (%.1f MB/s)\n",
+		   progname, what, (unsigned long long) files, bytes / (1024.0 * 1024.0), secs,
+		   secs > 0 ? bytes / (1024.0 * 1024.0) / secs : 0.0);
+}
+
+/*
+ * pg_byok convert: re-encrypt a format-1 cluster in format 2 with the same
+ * key material.  Crash-safe and resumable like enable: the keyring says
+ * "converting" until every file is done.
+ */
+static void
+cmd_convert(void)
+{
+	ByokKeyring kr;
+	ByokError	err = {0};
+	ControlFileData *cf;
+
+	keyring_of_stopped_cluster(&kr);
+	cf = read_control_file();
+	recrypt_mode = RECRYPT_CONVERT;
+	if (kr.format == BYOK_FORMAT && strcmp(kr.state, BYOK_STATE_ENABLED) == 0)
+	{
+		printf("cluster \"%s\" is already in on-disk format %d\n", datadir, BYOK_FORMAT);
+		return;
+	}
+	if (kr.format != 1 ||
+		(strcmp(kr.state, BYOK_STATE_ENABLED) != 0 && strcmp(kr.state, BYOK_STATE_CONVERTING) != 0))
+	{
+		pg_log_error("cannot convert \"%s\": the keyring is in format %d, state \"%s\"",
+					 datadir, kr.format, kr.state);
+		pg_log_error_hint("%s", strcmp(kr.state, BYOK_STATE_ROTATING) == 0 ?
+						  "Finish the data-key rotation first: run \"pg_byok rotate-data-key\" again." :
+						  "Only a fully encrypted format-1 cluster can be converted.");
+		exit(1);
+	}
+	if (strcmp(kr.state, BYOK_STATE_ENABLED) == 0)
+	{
+		kr.recrypt_format = BYOK_FORMAT;
+		snprintf(kr.recrypt_wrapped_key, sizeof(kr.recrypt_wrapped_key), "%s", kr.wrapped_key);
+		snprintf(kr.recrypt_key_version, sizeof(kr.recrypt_key_version), "%s", kr.key_version);
+		snprintf(kr.recrypt_backup_wrapped_key, sizeof(kr.recrypt_backup_wrapped_key), "%s",
+				 kr.backup_wrapped_key);
+		snprintf(kr.recrypt_backup_key_version, sizeof(kr.recrypt_backup_key_version), "%s",
+				 kr.backup_key_version);
+		strcpy(kr.state, BYOK_STATE_CONVERTING);
+		if (!keyring_write(datadir, &kr, &err))
+			report_error_and_exit(&err);
+		printf("converting \"%s\" from on-disk format 1 (AES-256-CTR) to format %d (AES-256-XTS)\n",
+			   datadir, BYOK_FORMAT);
+	}
+	else
+		printf("resuming the interrupted conversion of \"%s\" to on-disk format %d\n",
+			   datadir, BYOK_FORMAT);
+
+	unwrap_into_slot(&kr, kr.wrapped_key, kr.key_version, BYOK_SLOT_CURRENT);
+	finish_recrypt(cf, &kr, "convert");
+	byok_v1_wipe();
+	byok_crypto_wipe();
+	printf("%s: cluster \"%s\" is in on-disk format %d; start it with this byok\n",
+		   progname, datadir, BYOK_FORMAT);
+}
+
+/*
+ * pg_byok rotate-data-key: new random key material, wrapped by the same
+ * root key (and backup key), and every relation file and WAL segment
+ * re-encrypted from the old material to the new.  Crash-safe and
+ * resumable: the keyring holds both wrapped copies ("rotating") until the
+ * last file is done, then only the new one.
+ */
+static void
+cmd_rotate_data_key(void)
+{
+	ByokKeyring kr;
+	ByokError	err = {0};
+	ControlFileData *cf;
+
+	keyring_of_stopped_cluster(&kr);
+	cf = read_control_file();
+	recrypt_mode = RECRYPT_ROTATE;
+	if (kr.format != BYOK_FORMAT)
+	{
+		pg_log_error("cannot rotate the data key of \"%s\": the keyring is in on-disk format %d",
+					 datadir, kr.format);
+		pg_log_error_hint("Run \"pg_byok convert -D %s\" first.", datadir);
+		exit(1);
+	}
+	if (strcmp(kr.state, BYOK_STATE_ENABLED) == 0)
+	{
+		uint8_t		material[BYOK_KEY_LEN];
+		ByokKeyring *next = pg_malloc(sizeof(ByokKeyring));
+		ByokRootKey root;
+		bool		ok;
+
+		*next = kr;
+		configured_root(&kr, &root);
+		if (!byok_random_bytes(material, sizeof(material)))
+			pg_fatal("could not generate random key material");
+		ok = provider_wrap(next, &root, material, &err) &&
+			(kr.backup_key_crn[0] == '\0' ||
+			 provider_backup_wrap(next, &root.kms, kr.backup_key_crn, material, &err));
+		byok_wipe(material, sizeof(material));
+		if (!ok)
+			report_error_and_exit(&err);
+		kr.recrypt_format = BYOK_FORMAT;
+		snprintf(kr.recrypt_wrapped_key, sizeof(kr.recrypt_wrapped_key), "%s", next->wrapped_key);
+		snprintf(kr.recrypt_key_version, sizeof(kr.recrypt_key_version), "%s", next->key_version);
+		snprintf(kr.recrypt_backup_wrapped_key, sizeof(kr.recrypt_backup_wrapped_key), "%s",
+				 next->backup_wrapped_key);
+		snprintf(kr.recrypt_backup_key_version, sizeof(kr.recrypt_backup_key_version), "%s",
+				 next->backup_key_version);
+		pg_free(next);
+		strcpy(kr.state, BYOK_STATE_ROTATING);
+		if (!keyring_write(datadir, &kr, &err))
+			report_error_and_exit(&err);
+		printf("rotating the data key of \"%s\": new key material, wrapped by %s\n", datadir,
+			   kr.key_crn[0] ? kr.key_crn : "the local root key");
+	}
+	else if (strcmp(kr.state, BYOK_STATE_ROTATING) == 0)
+		printf("resuming the interrupted data-key rotation of \"%s\"\n", datadir);
+	else
+	{
+		pg_log_error("cannot rotate the data key of \"%s\": the keyring is in state \"%s\"",
+					 datadir, kr.state);
+		pg_log_error_hint("Finish pg_byok enable first.");
+		exit(1);
+	}
+
+	unwrap_into_slot(&kr, kr.wrapped_key, kr.key_version, BYOK_SLOT_OLD);
+	unwrap_into_slot(&kr, kr.recrypt_wrapped_key, kr.recrypt_key_version, BYOK_SLOT_CURRENT);
+	finish_recrypt(cf, &kr, "rotate-data-key");
+	byok_crypto_wipe();
+	printf("%s: the data key of \"%s\" is rotated; the old key material is gone from the keyring\n",
+		   progname, datadir);
 }
 
 /* --- status ---------------------------------------------------------------- */
@@ -967,8 +1283,13 @@ cmd_status(void)
 			   "                     deletion, then start the server (it checks the key and unlocks)\n");
 	}
 	printf("encryption:          %s\n",
-		   strcmp(kr.state, BYOK_STATE_ENABLED) == 0 ? "on" : "incomplete (pg_byok enable was interrupted)");
+		   strcmp(kr.state, BYOK_STATE_ENABLED) != 0 ?
+		   psprintf("incomplete (pg_byok %s was interrupted; run it again)",
+					strcmp(kr.state, BYOK_STATE_CONVERTING) == 0 ? "convert" :
+					strcmp(kr.state, BYOK_STATE_ROTATING) == 0 ? "rotate-data-key" : "enable") :
+		   kr.format != BYOK_FORMAT ? "on, on-disk format 1 (superseded: run pg_byok convert)" : "on");
 	printf("keyring state:       %s\n", kr.state);
+	printf("on-disk format:      %d\n", kr.format);
 	printf("cipher:              %s\n", kr.cipher);
 	printf("provider:            %s\n", kr.provider);
 	if (kr.key_crn[0])
@@ -1011,9 +1332,12 @@ cmd_verify(void)
 
 	if (!keyring_read(datadir, &kr, &missing, &err))
 		report_error_and_exit(&err);
+	if (kr.format != BYOK_FORMAT)
+		pg_fatal("\"%s\" is in on-disk format %d; run pg_byok convert first", datadir, kr.format);
 	if (strcmp(kr.state, BYOK_STATE_ENABLED) != 0)
-		pg_fatal("encryption of \"%s\" is not finished (keyring state \"%s\"); run pg_byok enable",
-				 datadir, kr.state);
+		pg_fatal("encryption of \"%s\" is not finished (keyring state \"%s\"); run pg_byok %s again",
+				 datadir, kr.state,
+				 strcmp(kr.state, BYOK_STATE_ROTATING) == 0 ? "rotate-data-key" : "enable");
 	load_keys(&kr, cf->system_identifier);
 	collect_relation_files(&list);
 
@@ -1063,7 +1387,11 @@ cmd_verify(void)
 			printf("%s: block %u: %s\n", f->path, f->segno * RELSEG_SIZE + blk, problem);
 		}
 	}
-	/* WAL: no plaintext page, every current page decrypts to a valid header */
+	/*
+	 * WAL: no plaintext page, no page under another key, every page
+	 * decrypts to a header that fits its place (recycled segments keep
+	 * their old addresses, which must still fit the offset).
+	 */
 	{
 		int			nseg;
 		char	  **segs = list_wal_segments(&nseg);
@@ -1073,15 +1401,10 @@ cmd_verify(void)
 		{
 			char		path[MAXPGPATH];
 			int			fd;
-			TimeLineID	tli;
-			XLogSegNo	segno;
-			uint64		segstart;
 			PGAlignedXLogBlock page;
 			const char *problem = NULL;
 			off_t		off;
 
-			XLogFromFileName(segs[i], &tli, &segno, cf->xlog_seg_size);
-			XLogSegNoOffsetToRecPtr(segno, 0, cf->xlog_seg_size, segstart);
 			snprintf(path, sizeof(path), "%s/pg_wal/%s", datadir, segs[i]);
 			fd = open(path, O_RDONLY | PG_BINARY, 0);
 			if (fd < 0)
@@ -1089,29 +1412,38 @@ cmd_verify(void)
 			for (off = 0; off < cf->xlog_seg_size; off += XLOG_BLCKSZ)
 			{
 				XLogPageHeader hdr = (XLogPageHeader) page.data;
-				uint64		clear_addr;
+				ssize_t		n = pg_pread(fd, page.data, XLOG_BLCKSZ, off);
 
-				if (pg_pread(fd, page.data, XLOG_BLCKSZ, off) != XLOG_BLCKSZ)
+				if (n == 0)
 					break;
-				memcpy(&clear_addr, page.data + offsetof(XLogPageHeaderData, xlp_pageaddr),
-					   sizeof(clear_addr));
-				if (clear_addr != segstart + off)
-					continue;	/* zero, or left over from a recycled segment */
-				if (hdr->xlp_magic == XLOG_PAGE_MAGIC)
+				if (n != XLOG_BLCKSZ)
 				{
-					problem = "WAL page is stored in plaintext";
+					problem = "segment ends with a partial page";
 					break;
 				}
-				wal_pages++;
-				if (byok_wal_page_decrypt(page.data, XLOG_BLCKSZ) != BYOK_WAL_PAGE_DECRYPTED ||
-					hdr->xlp_magic != XLOG_PAGE_MAGIC || hdr->xlp_tli == 0 ||
-					(hdr->xlp_info & ~XLP_ALL_FLAGS) != 0 ||
-					(off == 0 && (!(hdr->xlp_info & XLP_LONG_HEADER) ||
-								  ((XLogLongPageHeader) hdr)->xlp_sysid != cf->system_identifier)))
+				switch (byok_wal_page_decrypt(page.data, XLOG_BLCKSZ))
 				{
-					problem = "WAL page does not decrypt to a valid page header";
-					break;
+					case BYOK_WAL_PAGE_ZERO:
+						continue;
+					case BYOK_WAL_PAGE_PLAIN:
+						problem = "WAL page is stored in plaintext";
+						break;
+					case BYOK_WAL_PAGE_FOREIGN:
+						problem = "WAL page is encrypted under another key";
+						break;
+					case BYOK_WAL_PAGE_INVALID:
+						problem = "not a WAL page (no valid page header)";
+						break;
+					default:
+						wal_pages++;
+						if (!byok_wal_page_plain_valid(page.data, cf->xlog_seg_size, off) ||
+							hdr->xlp_tli == 0 ||
+							(off == 0 && ((XLogLongPageHeader) hdr)->xlp_sysid != cf->system_identifier))
+							problem = "WAL page does not decrypt to a valid page header";
+						break;
 				}
+				if (problem != NULL)
+					break;
 			}
 			close(fd);
 			if (problem != NULL)
@@ -1532,6 +1864,10 @@ main(int argc, char *argv[])
 		cmd_status();
 	else if (strcmp(cmd, "verify") == 0)
 		cmd_verify();
+	else if (strcmp(cmd, "convert") == 0)
+		cmd_convert();
+	else if (strcmp(cmd, "rotate-data-key") == 0)
+		cmd_rotate_data_key();
 	else if (strcmp(cmd, "rekey") == 0)
 		cmd_rekey();
 	else if (strcmp(cmd, "restore-prepare") == 0)

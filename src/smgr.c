@@ -10,10 +10,9 @@
  * modified.  Reads decrypt in place: the buffer being read into is ours
  * alone until the read completes.
  *
- * Temporary relations are read only by the backend that wrote them, so
- * their counter blocks take a per-backend random tweak; that keeps two
- * backends whose temp files reuse a relfilenode (and whose GiST fake LSNs
- * restart at the same value) from sharing keystream.
+ * Temporary relations are read only by the backend that wrote them and
+ * never across a restart, so they use the ephemeral key crypto.c makes at
+ * each postmaster start (and that is never stored).
  *
  *-------------------------------------------------------------------------
  */
@@ -78,10 +77,6 @@ static ByokSharedStats *shared_stats = NULL;
 
 /* Whether the cluster has data checksums (fixed while the server runs). */
 static bool data_checksums = false;
-
-/* Per-backend tweak for temporary relations, and whose it is. */
-static uint64 temp_tweak = 0;
-static int	temp_tweak_pid = 0;
 
 /* Per-process encryption buffer: never encrypt in the caller's buffer. */
 static PGAlignedBlock encrypt_buffer;
@@ -149,22 +144,7 @@ byok_smgr_stats(ByokPageStats *stats)
 	}
 }
 
-static uint64
-temp_relation_tweak(void)
-{
-	if (temp_tweak_pid != MyProcPid)
-	{
-		do
-		{
-			if (!byok_random_bytes((uint8_t *) &temp_tweak, sizeof(temp_tweak)))
-				elog(PANIC, "byok: no random bytes for the temporary-relation tweak");
-		} while (temp_tweak == 0);
-		temp_tweak_pid = MyProcPid;
-	}
-	return temp_tweak;
-}
-
-/* What the IV may know about a page: no database or tablespace OID. */
+/* What the tweak may know about a page: no database or tablespace OID. */
 void
 byok_smgr_page_id(SMgrRelation reln, ForkNumber forknum, BlockNumber blkno,
 				  ByokPageId *id)
@@ -172,7 +152,7 @@ byok_smgr_page_id(SMgrRelation reln, ForkNumber forknum, BlockNumber blkno,
 	id->relnumber = reln->smgr_rnode.node.relNode;
 	id->forknum = (int) forknum;
 	id->blkno = blkno;
-	id->tweak = SmgrIsTemp(reln) ? temp_relation_tweak() : 0;
+	id->temp = SmgrIsTemp(reln);
 }
 
 typedef enum PageCounter

@@ -4,13 +4,13 @@
  *	  Encrypted WAL: what open / close / pread / pwrite / pwritev on WAL
  *	  segments become once hooks.c has redirected the executable's GOT.
  *
- * Every WAL page is encrypted as a unit and describes itself (crypto.c,
- * docs/design-wal.md): the page address stays in clear, the salt of the
- * server instance that wrote it sits in the header padding, and a version
- * that changes at every write of the page replaces xlp_magic.  Rewrites of
- * the partially filled last page therefore never reuse keystream, and any
- * reader -- recovery, a walsender, a restore from the archive -- needs only
- * the keyring.
+ * Every WAL page is XTS-encrypted under a tweak taken from its own clear
+ * header (page address and timeline; crypto.c, docs/wal.md), so the same
+ * plaintext at the same place always gives the same ciphertext: when
+ * PostgreSQL rewrites the partly filled frontier page, the bytes it had
+ * flushed before stay byte-identical on disk and a torn write is exactly as
+ * harmless as on stock PostgreSQL.  Any reader -- recovery, a walsender, a
+ * restore from the archive -- needs only the keyring.
  *
  * Descriptors are classified when opened: pg_wal/<24 hex digits> and
  * pg_wal/RECOVERYXLOG are WAL; every other descriptor passes straight
@@ -18,9 +18,10 @@
  * walreceiver writes unaligned ranges: the rest of such a page is read,
  * decrypted and merged); reads are widened to whole pages and decrypted,
  * except in a walsender serving BASE_BACKUP, which must ship ciphertext.
- * Because a rewritten page changes everywhere, writers hold the byok WAL
- * lock exclusively and readers shared, so no reader ever sees half of an
- * old and half of a new version.
+ * A page to be written that is neither zeros nor valid plaintext WAL is an
+ * I/O error, never stored in clear.  A 16-byte block whose plaintext changes
+ * changes completely, so writers hold the byok WAL lock exclusively and
+ * readers shared: no reader sees half of an old and half of a new block.
  *
  *-------------------------------------------------------------------------
  */
@@ -48,12 +49,10 @@
 #define WAL_BUF_PAGES	16		/* pages per internal I/O */
 #define PAGE			BYOK_WAL_PAGE_SIZE
 
-/* Shared state: the instance salt, the version counter, the page lock. */
+/* Shared state: the page lock and the counters. */
 typedef struct ByokWalShared
 {
 	LWLock	   *lock;
-	uint32		salt;
-	pg_atomic_uint32 version_counter;
 	pg_atomic_uint64 pages_encrypted;
 	pg_atomic_uint64 pages_decrypted;
 } ByokWalShared;
@@ -82,26 +81,8 @@ static int	wal_fds_size = 0;
 /* Per-process page buffer, aligned for O_DIRECT. */
 static char *wal_buf = NULL;
 
-/* The plaintext of the page being written, for the keystream audit. */
-static char audit_plain[BYOK_WAL_PAGE_SIZE];
-
-/* Optional keystream audit log (tests): BYOK_TEST_WAL_AUDIT=file. */
-static FILE *audit_file = NULL;
-static bool audit_checked = false;
-
-static bool
-audit_enabled(void)
-{
-	if (!audit_checked)
-	{
-		const char *path = getenv("BYOK_TEST_WAL_AUDIT");
-
-		audit_checked = true;
-		if (path != NULL && path[0] != '\0')
-			audit_file = fopen(path, "a");
-	}
-	return audit_file != NULL;
-}
+/* Whether this process has said that it read WAL under another key. */
+static bool foreign_warned = false;
 
 static bool
 bytes_zero(const char *p, size_t len)
@@ -125,25 +106,14 @@ byok_wal_shmem_size(void)
 }
 
 void
-byok_wal_shmem_init(LWLock *lock, uint32 first_version)
+byok_wal_shmem_init(LWLock *lock)
 {
 	bool		found;
 
 	wal_shared = ShmemInitStruct("byok WAL state", sizeof(ByokWalShared), &found);
 	if (!found)
 	{
-		uint32		salt = 0;
-
-		/*
-		 * A new salt at every (re)initialisation of shared memory: after a
-		 * crash restart the version counter starts again, under a new key.
-		 */
-		while (salt == 0)
-			if (!byok_random_bytes((uint8_t *) &salt, sizeof(salt)))
-				elog(FATAL, "byok: no random bytes for the WAL salt");
 		wal_shared->lock = lock;
-		wal_shared->salt = salt;
-		pg_atomic_init_u32(&wal_shared->version_counter, first_version);
 		pg_atomic_init_u64(&wal_shared->pages_encrypted, 0);
 		pg_atomic_init_u64(&wal_shared->pages_decrypted, 0);
 	}
@@ -238,64 +208,6 @@ raw_reader(void)
 	return am_walsender && MyWalSnd != NULL && MyWalSnd->state == WALSNDSTATE_BACKUP;
 }
 
-static void
-audit_page(const char *plain, const char *stored, uint64 pageaddr)
-{
-	if (!audit_enabled())
-		return;
-
-	/*
-	 * One line per 16-byte chunk: salt, version, chunk address, whether it
-	 * was stored as zeros, and a hash of its plaintext.  No counter block
-	 * (salt, version, address) may ever appear with two plaintexts.
-	 */
-	for (int c = 0; c < PAGE / BYOK_BLOCK_LEN; c++)
-	{
-		uint8_t		digest[32];
-		uint32		salt;
-		uint16		version;
-		bool		stored_zero = true;
-
-		memcpy(&version, stored, sizeof(version));
-		memcpy(&salt, stored + 20, sizeof(salt));
-		for (int i = 0; i < BYOK_BLOCK_LEN; i++)
-			if (stored[c * BYOK_BLOCK_LEN + i] != 0)
-				stored_zero = false;
-		byok_sha256(plain + c * BYOK_BLOCK_LEN, BYOK_BLOCK_LEN, digest);
-		fprintf(audit_file, "%08x %04x %016llx %d %02x%02x%02x%02x%02x%02x%02x%02x\n",
-				salt, version, (unsigned long long) (pageaddr + c * BYOK_BLOCK_LEN),
-				stored_zero ? 1 : 0,
-				digest[0], digest[1], digest[2], digest[3],
-				digest[4], digest[5], digest[6], digest[7]);
-	}
-	fflush(audit_file);
-}
-
-/* The WAL position of file offset 'off' of a descriptor's segment. */
-static bool
-segment_start(int fd, uint64 *start)
-{
-	char		path[64];
-	char		target[MAXPGPATH];
-	ssize_t		n;
-	const char *name;
-	TimeLineID	tli;
-	XLogSegNo	segno;
-
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	n = readlink(path, target, sizeof(target) - 1);
-	if (n <= 0)
-		return false;
-	target[n] = '\0';
-	name = strrchr(target, '/');
-	name = name ? name + 1 : target;
-	if (strlen(name) != XLOG_FNAME_LEN || strspn(name, "0123456789ABCDEF") != XLOG_FNAME_LEN)
-		return false;
-	XLogFromFileName(name, &tli, &segno, wal_segment_size);
-	XLogSegNoOffsetToRecPtr(segno, 0, wal_segment_size, *start);
-	return true;
-}
-
 /* --- the wrappers ------------------------------------------------------------ */
 
 static int
@@ -340,10 +252,21 @@ read_pages(int fd, char *buf, off_t first, int npages, bool decrypt)
 	for (ssize_t done = 0; done < n; done += PAGE)
 	{
 		size_t		len = Min((size_t) (n - done), (size_t) PAGE);
+		ByokWalPageKind kind = byok_wal_page_decrypt(buf + done, len);
 
-		if (byok_wal_page_decrypt(buf + done, len) == BYOK_WAL_PAGE_DECRYPTED &&
-			wal_shared != NULL)
+		if (kind == BYOK_WAL_PAGE_DECRYPTED && wal_shared != NULL)
 			pg_atomic_fetch_add_u64(&wal_shared->pages_decrypted, 1);
+		else if (kind == BYOK_WAL_PAGE_FOREIGN && !foreign_warned)
+		{
+			const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) (buf + done);
+
+			foreign_warned = true;
+			ereport(WARNING,
+					(errmsg("byok: WAL page at %X/%X is encrypted under another key",
+							LSN_FORMAT_ARGS(hdr->xlp_pageaddr)),
+					 errdetail("Its page marker does not match this cluster's key material; it is read as stored and PostgreSQL will treat it as the end of the WAL."),
+					 errhint("A segment written before a data-key rotation, or by another cluster: restore from a base backup taken after the rotation, or with the keyring that belongs to that WAL.")));
+		}
 	}
 	return n;
 }
@@ -392,8 +315,46 @@ byok_pread(int fd, void *buf, size_t count, off_t offset)
 }
 
 /*
- * Write 'count' bytes at 'offset': whole pages, each encrypted with a new
- * version; a page the write covers only in part is completed from disk.
+ * Encrypt the whole pages [0, len) of 'src' (file offset 'first') into
+ * 'dst' (src == dst allowed).  False, with errno EIO and a LOG line, if a
+ * page is neither zeros nor valid plaintext WAL for its place in the
+ * segment: such a page is never stored, in clear or otherwise.
+ */
+static bool
+encrypt_pages(const char *src, char *dst, size_t len, off_t first)
+{
+	for (size_t p = 0; p < len; p += PAGE)
+	{
+		uint64		off_in_seg = (uint64) (first + p) % wal_segment_size;
+
+		if (bytes_zero(src + p, PAGE))
+		{
+			if (dst != src)
+				memset(dst + p, 0, PAGE);
+			continue;
+		}
+		if (!byok_wal_page_plain_valid(src + p, wal_segment_size, off_in_seg))
+		{
+			const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) (src + p);
+
+			ereport(LOG,
+					(errmsg("byok: refusing to write a WAL page without a valid header at offset %llu of a segment",
+							(unsigned long long) off_in_seg),
+					 errdetail("xlp_magic 0x%04X, xlp_info 0x%04X, xlp_pageaddr %X/%X; the page's tweak cannot be determined, so it is not written.",
+							   hdr->xlp_magic, hdr->xlp_info,
+							   LSN_FORMAT_ARGS(hdr->xlp_pageaddr))));
+			errno = EIO;
+			return false;
+		}
+		byok_wal_page_encrypt(src + p, dst + p);
+		pg_atomic_fetch_add_u64(&wal_shared->pages_encrypted, 1);
+	}
+	return true;
+}
+
+/*
+ * Write 'count' bytes at 'offset': whole pages, each encrypted under its
+ * own header; a page the write covers only in part is completed from disk.
  */
 static ssize_t
 byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
@@ -401,8 +362,6 @@ byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
 	char	   *pages;
 	size_t		done = 0;
 	bool		locked;
-	uint64		segstart = 0;
-	bool		have_segstart = false;
 
 	if (!fd_is_wal(fd))
 		return byok_hooks_wal_originals()->pwrite(fd, buf, count, offset);
@@ -448,42 +407,17 @@ byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
 		}
 
 		/*
-		 * Always whole pages: the stored page carries one version, so the
-		 * bytes after the write's end (from disk, re-encrypted) go too.
-		 * Segments are created at full size, so this never extends a file.
+		 * Always whole pages: re-encrypting the bytes after the write's end
+		 * (from disk) gives the same ciphertext again.  Segments are
+		 * created at full size, so this never extends a file.
 		 */
 		wlen = TYPEALIGN(PAGE, (pos - first) + take);
-		for (size_t p = 0; p < wlen; p += PAGE)
+		if (!encrypt_pages(src, pages, wlen, first))
 		{
-			size_t		plen = Min((size_t) PAGE, wlen - p);
-			uint64		pageaddr;
-			const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) (src + p);
-
-			if (plen >= SizeOfXLogShortPHD && hdr->xlp_magic == XLOG_PAGE_MAGIC &&
-				hdr->xlp_pageaddr % PAGE == 0 && hdr->xlp_pageaddr != 0)
-				pageaddr = hdr->xlp_pageaddr;
-			else
-			{
-				if (!have_segstart)
-					have_segstart = segment_start(fd, &segstart);
-				pageaddr = have_segstart ? segstart + first + p : 0;
-			}
-			if (pageaddr == 0 || bytes_zero(src + p, plen))
-			{
-				/* zeros stay zeros; no address: keep as is */
-				if (src != pages)
-					memcpy(pages + p, src + p, plen);
-				continue;
-			}
-			if (audit_enabled())
-				memcpy(audit_plain, src + p, plen);	/* src may be encrypted in place */
-			byok_wal_page_encrypt(src + p, pages + p, plen, pageaddr, wal_shared->salt,
-								  byok_wal_version(pg_atomic_fetch_add_u32(&wal_shared->version_counter, 1)));
-			pg_atomic_fetch_add_u64(&wal_shared->pages_encrypted, 1);
-			if (plen == PAGE && audit_enabled())
-				audit_page(audit_plain, pages + p, pageaddr);
+			wal_unlock(locked);
+			errno = EIO;
+			return -1;
 		}
-
 		n = byok_hooks_wal_originals()->pwrite(fd, pages, wlen, first);
 		if (n < 0 || (size_t) n != wlen)
 		{
@@ -523,25 +457,20 @@ byok_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t offset)
 
 /*
  * Encrypt every plaintext page of the segments in pg_wal (written by
- * pg_basebackup -X stream, pg_receivewal or pg_resetwal).  Runs in the
- * postmaster before any other process exists, with its own salt; returns
- * the next version to use.
+ * pg_basebackup -X stream, pg_receivewal or pg_resetwal, and recycled
+ * segments that still hold such pages), each under its own header's
+ * address and timeline.  Runs in the postmaster before any other process
+ * exists.
  */
-uint32
+void
 byok_wal_convert_plaintext(const char *waldir, int *segments, int *pages_converted)
 {
 	DIR		   *dir;
 	struct dirent *de;
-	uint32		salt = 0;
-	uint32		counter = 1;
 	char	   *page = palloc(PAGE);
 
 	*segments = 0;
 	*pages_converted = 0;
-	while (salt == 0)
-		if (!byok_random_bytes((uint8_t *) &salt, sizeof(salt)))
-			elog(FATAL, "byok: no random bytes for the WAL salt");
-
 	dir = opendir(waldir);
 	if (dir == NULL)
 		ereport(FATAL, (errcode_for_file_access(),
@@ -551,15 +480,10 @@ byok_wal_convert_plaintext(const char *waldir, int *segments, int *pages_convert
 		char		path[MAXPGPATH];
 		int			fd;
 		bool		changed = false;
-		TimeLineID	tli;
-		XLogSegNo	segno;
-		uint64		segstart;
 
 		if (strlen(de->d_name) != XLOG_FNAME_LEN ||
 			strspn(de->d_name, "0123456789ABCDEF") != XLOG_FNAME_LEN)
 			continue;
-		XLogFromFileName(de->d_name, &tli, &segno, wal_segment_size);
-		XLogSegNoOffsetToRecPtr(segno, 0, wal_segment_size, segstart);
 		snprintf(path, sizeof(path), "%s/%s", waldir, de->d_name);
 		fd = open(path, O_RDWR | PG_BINARY, 0);
 		if (fd < 0)
@@ -567,14 +491,12 @@ byok_wal_convert_plaintext(const char *waldir, int *segments, int *pages_convert
 							errmsg("could not open file \"%s\": %m", path)));
 		for (off_t off = 0; off < wal_segment_size; off += PAGE)
 		{
-			XLogPageHeader hdr = (XLogPageHeader) page;
-
 			if (pg_pread(fd, page, PAGE, off) != PAGE)
 				break;
-			if (hdr->xlp_magic != XLOG_PAGE_MAGIC || hdr->xlp_pageaddr != segstart + off)
-				continue;		/* encrypted, zero, or not this segment's */
-			byok_wal_page_encrypt(page, page, PAGE, segstart + off, salt,
-								  byok_wal_version(counter++));
+			if (bytes_zero(page, PAGE) ||
+				!byok_wal_page_plain_valid(page, wal_segment_size, off))
+				continue;		/* zero, encrypted, or not a WAL page */
+			byok_wal_page_encrypt(page, page);
 			if (pg_pwrite(fd, page, PAGE, off) != PAGE)
 				ereport(FATAL, (errcode_for_file_access(),
 								errmsg("could not write file \"%s\": %m", path)));
@@ -592,5 +514,4 @@ byok_wal_convert_plaintext(const char *waldir, int *segments, int *pages_convert
 	}
 	closedir(dir);
 	pfree(page);
-	return counter;
 }
