@@ -10,7 +10,7 @@ DATA = byok--$(EXTVERSION).sql
 # compiled a second time with FRONTEND defined.
 FE_OBJS = src/aes_hw.fe.o src/checksum_avx2.fe.o src/crypto.fe.o src/keyring.fe.o src/kms.fe.o src/provider.fe.o
 PROGRAM_FE = pg_byok
-UNIT_TESTS = test/unit/test_crypto
+UNIT_TESTS = test/unit/test_crypto test/unit/test_xts
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
@@ -23,7 +23,7 @@ SHLIB_LINK = $(shell pkg-config --libs $(DEPS))
 # bufpage.h, fmgr.h) trip only -Wunused-parameter.
 PG_CFLAGS = -std=gnu99 -Wall -Wextra -Wno-unused-parameter
 EXTRA_CLEAN = $(FE_OBJS) src/pg_byok.fe.o src/crypto_v1.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
-	test/unit/*.o test/bench/bench_page test/bench/*.o
+	test/unit/*.o test/unit/make_format1 test/bench/bench_page test/bench/*.o
 
 # No JIT bitcode for this module: it has no SQL-callable hot paths.
 override with_llvm = no
@@ -58,6 +58,9 @@ $(PROGRAM_FE): src/pg_byok.fe.o src/crypto_v1.fe.o $(FE_OBJS)
 test/unit/test_crypto: test/unit/test_crypto.o $(FE_OBJS)
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
+test/unit/test_xts: test/unit/test_xts.o src/aes_hw.fe.o
+	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
+
 install: install-pg-byok
 install-pg-byok: $(PROGRAM_FE) installdirs
 	$(INSTALL_PROGRAM) $(PROGRAM_FE) '$(DESTDIR)$(bindir)/$(PROGRAM_FE)'
@@ -89,5 +92,9 @@ unittest: $(UNIT_TESTS)
 emulatortest:
 	python3 test/kms/test_kpemu.py
 
-taptest:
+# A test tool (never installed): writes a cluster in the superseded format 1.
+test/unit/make_format1: test/unit/make_format1.o $(FE_OBJS)
+	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
+
+taptest: test/unit/make_format1
 	$(prove_installcheck)

@@ -69,12 +69,6 @@
 #include "checksum_avx2.h"
 #include "crypto.h"
 
-/* TEMPORARY SHIM until aes_hw.c has XTS */
-typedef struct ByokXtsSchedule { uint8_t unused; } ByokXtsSchedule;
-static inline void byok_aes_hw_xts_expand(const uint8_t *a, const uint8_t *b, ByokXtsSchedule *s) {}
-static inline bool byok_aes_hw_xts_encrypt(const ByokXtsSchedule *s, const uint8_t *t, const uint8_t *i, uint8_t *o, size_t l) { return false; }
-static inline bool byok_aes_hw_xts_decrypt(const ByokXtsSchedule *s, const uint8_t *t, const uint8_t *i, uint8_t *o, size_t l) { return false; }
-
 StaticAssertDecl(BLCKSZ == BYOK_PAGE_SIZE, "byok supports BLCKSZ 8192 only");
 StaticAssertDecl(XLOG_BLCKSZ == BYOK_WAL_PAGE_SIZE, "byok supports XLOG_BLCKSZ 8192 only");
 StaticAssertDecl(offsetof(XLogPageHeaderData, xlp_pageaddr) == 8 &&

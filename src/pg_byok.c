@@ -1284,7 +1284,7 @@ cmd_status(void)
 	}
 	printf("encryption:          %s\n",
 		   strcmp(kr.state, BYOK_STATE_ENABLED) != 0 ?
-		   psprintf("incomplete (pg_byok %s was interrupted; run it again)",
+		   psprintf("incomplete (pg_byok %s was interrupted)",
 					strcmp(kr.state, BYOK_STATE_CONVERTING) == 0 ? "convert" :
 					strcmp(kr.state, BYOK_STATE_ROTATING) == 0 ? "rotate-data-key" : "enable") :
 		   kr.format != BYOK_FORMAT ? "on, on-disk format 1 (superseded: run pg_byok convert)" : "on");

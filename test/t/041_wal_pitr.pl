@@ -12,6 +12,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use ByokTest;
 
+my $marker = random_marker();
 my $emu = start_emulator();
 my $key = kpctl($emu, 'create-key', '--name', 'pitr-root');
 my $kms = "\nbyok.key_crn = '$key->{crn}'\n"
@@ -43,6 +44,7 @@ sub batch
 }
 
 batch('A', 1, 40);
+$primary->safe_psql('postgres', "INSERT INTO t (id, batch) SELECT g, 'A $marker' FROM generate_series(1, 100) g");
 $primary->restart;
 batch('B', 41, 80);
 my $old_version = $primary->safe_psql('postgres', 'SELECT key_version FROM byok_status()');
@@ -56,7 +58,7 @@ $primary->safe_psql('postgres', 'SELECT pg_sleep(0.2)');
 batch('D', 121, 160);
 my $expected = $primary->safe_psql('postgres',
 	"SELECT count(*) FROM t WHERE at <= '$target'");
-is($expected, 120 + 3 * 500, 'rows up to the target: batches A, B and C');
+is($expected, 120 + 3 * 500 + 100, 'rows up to the target: batches A, B and C');
 
 my $last_seg = $primary->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn())');
 $primary->safe_psql('postgres', 'SELECT pg_switch_wal()');
@@ -76,7 +78,7 @@ is($restored->safe_psql('postgres', 'SELECT count(*) FROM t'), $expected,
 is($restored->safe_psql('postgres', "SELECT count(*) FROM t WHERE batch LIKE 'D%'"), '0',
 	'and none after it');
 is($restored->safe_psql('postgres', "SELECT string_agg(DISTINCT batch, ',' ORDER BY batch) FROM t"),
-	'A,A bulk,B,B bulk,C,C bulk', 'all batches before the target are there');
+	"A,A $marker,A bulk,B,B bulk,C,C bulk", 'all batches before the target are there');
 $restored->safe_psql('postgres', "INSERT INTO t (id, batch) VALUES (0, 'after PITR')");
 $restored->stop('immediate');                    # and a crash on the new timeline
 $restored->start;
@@ -84,6 +86,12 @@ is($restored->safe_psql('postgres', "SELECT count(*) FROM t WHERE batch = 'after
 	'restored cluster writes on its new timeline and survives a crash');
 $restored->stop;
 $primary->stop;
+
+# at rest: the archive, the base backup and both data directories
+is_deeply([ scan_at_rest($primary->archive_dir, $marker) ], [], 'archive: no marker in any archived segment');
+is_deeply([ scan_at_rest($primary->backup_dir . '/base', $marker) ], [], 'base backup: no marker');
+is_deeply([ scan_at_rest($primary->data_dir, $marker) ], [], 'primary: no marker');
+is_deeply([ scan_at_rest($restored->data_dir, $marker) ], [], 'restored cluster: no marker');
 
 stop_emulator($emu);
 done_testing();
