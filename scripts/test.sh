@@ -121,7 +121,7 @@ if [[ $as_root -eq 1 ]]; then
 		--exclude=.git --exclude=./tmp_check --exclude=./results \
 		--exclude=./log --exclude=./regression.diffs --exclude=./regression.out \
 		--exclude='*.o' --exclude='*.so' --exclude='*.bc' \
-		--exclude=./pg_byok --exclude=./test/unit/test_crypto --exclude=./test/unit/make_format1 . |
+		--exclude=./pg_byok --exclude=./test/unit/test_crypto --exclude=./test/unit/make_format1 --exclude=./test/unit/test_xts . |
 		tar -C "$src" -xf - || die "copying the source tree failed"
 	chown -R "$test_user:" "$workdir" || die "chown $workdir failed"
 
