@@ -55,7 +55,7 @@ all: $(PROGRAM_FE)
 $(PROGRAM_FE): src/pg_byok.fe.o src/crypto_v1.fe.o $(FE_OBJS)
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
-test/unit/test_crypto: test/unit/test_crypto.o $(FE_OBJS)
+test/unit/test_crypto: test/unit/test_crypto.o src/crypto_v1.fe.o $(FE_OBJS)
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
 test/unit/test_xts: test/unit/test_xts.o src/aes_hw.fe.o

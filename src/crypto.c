@@ -87,15 +87,15 @@ StaticAssertDecl((SizeOfXLogShortPHD + BYOK_WAL_HEAD_UNIT) % BYOK_BLOCK_LEN == 0
 
 /*
  * The XTS keys: per page fork class (main and init, FSM, VM) one for the
- * head unit and one for the body; the same for temporary relations
+ * head unit and one for the body; the same again for temporary relations
  * (ephemeral); one for WAL (its tweak names the unit).
  */
 #define PAGE_FORK_CLASSES	3
 #define UNIT_BODY			0
 #define UNIT_HEAD			1
 #define XK_PAGE(fc, unit)	((fc) * 2 + (unit))
-#define XK_TEMP(unit)		(PAGE_FORK_CLASSES * 2 + (unit))
-#define XK_WAL				(PAGE_FORK_CLASSES * 2 + 2)
+#define XK_TEMP(fc, unit)	(PAGE_FORK_CLASSES * 2 + (fc) * 2 + (unit))
+#define XK_WAL				(PAGE_FORK_CLASSES * 4)
 #define N_XTS_KEYS			(XK_WAL + 1)
 #define N_SLOTS				2
 
@@ -128,6 +128,21 @@ static ByokKeySlot *cur = &slots[BYOK_SLOT_CURRENT];
  * (to compare, or to rule byok's vector code out when diagnosing).
  */
 static bool use_hw = false;
+
+/*
+ * Whether the CPU can run aes_hw.c at all: every slot's round keys are
+ * expanded then, whatever BYOK_CIPHER_IMPL said when that slot was set up,
+ * so that a later choice of implementation never meets missing round keys.
+ */
+static bool
+cpu_has_hw(void)
+{
+	static int	has = -1;
+
+	if (has < 0)
+		has = byok_aes_hw_available() ? 1 : 0;
+	return has == 1;
+}
 
 /* Page checksums with checksum_avx2.c (same values, ~3x faster) or not. */
 static bool use_avx2_checksum = false;
@@ -249,7 +264,7 @@ slot_set_xts(ByokKeySlot *s, int k)
 	if ((s->enc[k] = crypto_new_ctx(EVP_aes_256_xts(), s->ks->scratch, 1)) == NULL ||
 		(s->dec[k] = crypto_new_ctx(EVP_aes_256_xts(), s->ks->scratch, 0)) == NULL)
 		return false;
-	if (use_hw)
+	if (cpu_has_hw())
 		byok_aes_hw_xts_expand(s->ks->scratch, s->ks->scratch + BYOK_KEY_LEN,
 							   &s->ks->xts_hw[k]);
 	return true;
@@ -298,7 +313,7 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 					   "invalid cipher implementation \"%.60s\"", impl);
 		return false;
 	}
-	use_hw = !force_openssl && byok_aes_hw_available();
+	use_hw = !force_openssl && cpu_has_hw();
 	use_avx2_checksum = !force_openssl && byok_checksum_avx2_built &&
 		byok_cpu_has_avx2();
 	if (require_vaes && !use_hw)
@@ -339,19 +354,20 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 	if (!slot_derive_xts(s, XK_WAL, "wal"))
 		goto fail;
 
-	/* temporary relations: an ephemeral key, never stored anywhere */
-	for (int unit = 0; unit < 2; unit++)
-	{
-		if (!byok_random_bytes(s->ks->scratch, sizeof(s->ks->scratch)) ||
-			!slot_set_xts(s, XK_TEMP(unit)))
-			goto fail;
-	}
+	/* temporary relations: ephemeral keys, never stored anywhere */
+	for (int fc = 0; fc < PAGE_FORK_CLASSES; fc++)
+		for (int unit = 0; unit < 2; unit++)
+		{
+			if (!byok_random_bytes(s->ks->scratch, sizeof(s->ks->scratch)) ||
+				!slot_set_xts(s, XK_TEMP(fc, unit)))
+				goto fail;
+		}
 
 	if (!byok_hkdf(s->ks->material, BYOK_KEY_LEN, NULL, 0, "byok v2 wal marker key",
 				   s->ks->scratch, BYOK_KEY_LEN) ||
 		(s->marker = crypto_new_ctx(EVP_aes_256_ecb(), s->ks->scratch, 1)) == NULL)
 		goto fail;
-	if (use_hw)
+	if (cpu_has_hw())
 		byok_aes_hw_expand(s->ks->scratch, &s->ks->marker_hw);
 
 	byok_wipe(s->ks->scratch, sizeof(s->ks->scratch));
@@ -519,7 +535,7 @@ page_key(const ByokPageId *id, int unit)
 
 	if (fc < 0 || fc >= PAGE_FORK_CLASSES)
 		crypto_bug("page cipher used with a bad fork");
-	return id->temp ? XK_TEMP(unit) : XK_PAGE(fc, unit);
+	return id->temp ? XK_TEMP(fc, unit) : XK_PAGE(fc, unit);
 }
 
 /* Both units of a page, from 'in' to 'out' (bytes 0..9 are not touched). */

@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * bench_page.c
- *	  Micro-benchmark of byok's page cipher (src/crypto.c), built as a
- *	  PostgreSQL frontend program like test/unit/test_crypto.  Run by
- *	  test/bench/run.sh, which builds it by hand; or:
+ *	  Micro-benchmark of byok's page and WAL page ciphers (src/crypto.c,
+ *	  on-disk format 2: XTS-AES-256), built as a PostgreSQL frontend
+ *	  program like test/unit/test_crypto.  Run by test/bench/run.sh, which
+ *	  builds it by hand; or:
  *
  *	    make test/bench/bench_page && test/bench/bench_page
  *
@@ -13,37 +14,49 @@
  *	            variants are interleaved over time (default 5)
  *	 -p POOL    distinct source pages cycled through (default 64 = 512 kB,
  *	            cache-resident like `openssl speed`'s single buffer)
+ * BYOK_CIPHER_IMPL=openssl in the environment times the OpenSSL path
+ * instead of VAES (the "# implementation" line says which one ran).
  *
  * Output (stdout), one "key value" pair a line, '#' lines are comments.
  * For every variant V: V_us (median over rounds of the mean µs per call),
  * V_min_us (best round) and V_mbps (8192-byte pages per second, in 10^6
  * bytes/s, from the median, the unit `openssl speed` uses).  Variants:
  *
- *	 page_encrypt         real LSNs, varying relnumber/blkno, no checksums
+ *	 page_encrypt         new LSN per write, varying relnumber/blkno, no
+ *	                      checksums: XTS of the head [10,32) and the body
+ *	                      [32,8192), each under its own key
  *	 page_decrypt         the same pages decrypted in place
- *	 page_encrypt_lsn0    LSN 0: synthetic nonce (RAND_bytes) per write
- *	 page_decrypt_lsn0    decrypt of synthetic-nonce pages
- *	 page_encrypt_cksum   real LSNs, data checksums on (1 pg_checksum_page)
+ *	 page_encrypt_cksum   data checksums on (1 pg_checksum_page, of the
+ *	                      stored page)
  *	 page_decrypt_cksum   checksums on (verify + recompute: 2 checksums)
- *	 ctr_page_raw         byok_ctr_page_key over 8184 bytes: IV reset +
- *	                      CTR only, no counter-block derivation
- *	 counter_block        byok_page_counter_block alone (AES-ECB, 16 bytes)
- *	 evp_ctr_8192         in-process `openssl speed` equivalent: one
+ *	 wal_encrypt          WAL pages (short header), new address per write:
+ *	                      marker (one AES block) + head unit + body unit
+ *	 wal_decrypt          the same WAL pages decrypted in place
+ *	 evp_xts_8192         in-process `openssl speed -evp aes-256-xts`: one
  *	                      EVP_EncryptUpdate of 8192 bytes on a context that
  *	                      is never re-initialised (the ceiling)
- *	 evp_ctr_ivreset      plain EVP as byok has to use it: new IV per page
- *	                      (EVP_EncryptInit_ex with only the IV), then 8184
- *	                      bytes at offset 8; the gap to evp_ctr_8192 is what
- *	                      OpenSSL charges for changing the IV
+ *	 evp_xts_ivreset      plain EVP as byok has to use it: a new tweak per
+ *	                      page (EVP_EncryptInit_ex with only the IV) on two
+ *	                      contexts, then the page's two units (22 + 8160
+ *	                      bytes); the gap to evp_xts_8192 is what OpenSSL
+ *	                      charges for changing the tweak and the second unit
  *
- * Before timing, every variant's round trip is checked once (a page
- * encrypts to something else and decrypts back to itself); a failure
- * exits 1 so a broken cipher is never timed.
+ * Decrypting a page in place again is the same work as the first time (XTS
+ * costs the same on any bytes; with checksums the verify then fails, which
+ * costs the same), so the decrypt variants loop over the pool without
+ * restoring it; the WAL variant restores the 4-byte page marker, which
+ * decryption resets.
+ *
+ * Before timing, every path's round trip is checked once (a page encrypts
+ * to something else and decrypts back to itself, the stored checksum is
+ * the checksum of the stored page, zeros stay zeros); a failure exits 1 so
+ * a broken cipher is never timed.
  *
  * Note: the frontend build gets pg_checksum_page from checksum_impl.h
  * compiled with this file's flags; the server's copy is built with
  * -funroll-loops -ftree-vectorize and can be faster, so the *_cksum
- * variants are an upper bound for the server.
+ * variants are an upper bound for the server (crypto.c uses its AVX2
+ * checksum where the CPU has AVX2, in both builds).
  *
  *-------------------------------------------------------------------------
  */
@@ -57,6 +70,7 @@
 
 #include <openssl/evp.h>
 
+#include "access/xlog_internal.h"
 #include "storage/bufpage.h"
 #include "storage/checksum.h"
 
@@ -64,18 +78,17 @@
 
 #define PAGE		BYOK_PAGE_SIZE
 #define MAX_ROUNDS	101
+#define WAL_SEG		(16 * 1024 * 1024)
 
 typedef enum Variant
 {
 	V_ENCRYPT,
 	V_DECRYPT,
-	V_ENCRYPT_LSN0,
-	V_DECRYPT_LSN0,
 	V_ENCRYPT_CKSUM,
 	V_DECRYPT_CKSUM,
-	V_CTR_RAW,
-	V_COUNTER_BLOCK,
-	V_EVP_CTR,
+	V_WAL_ENCRYPT,
+	V_WAL_DECRYPT,
+	V_EVP_XTS,
 	V_EVP_IVRESET,
 	V_COUNT
 } Variant;
@@ -83,14 +96,12 @@ typedef enum Variant
 static const char *const variant_names[V_COUNT] = {
 	"page_encrypt",
 	"page_decrypt",
-	"page_encrypt_lsn0",
-	"page_decrypt_lsn0",
 	"page_encrypt_cksum",
 	"page_decrypt_cksum",
-	"ctr_page_raw",
-	"counter_block",
-	"evp_ctr_8192",
-	"evp_ctr_ivreset",
+	"wal_encrypt",
+	"wal_decrypt",
+	"evp_xts_8192",
+	"evp_xts_ivreset",
 };
 
 static const uint8_t bench_key[BYOK_KEY_LEN] = {
@@ -105,15 +116,16 @@ static int	n_pool = 64;
 
 /* Source pages (plaintext), encrypted copies per variant family, work. */
 static char *plain_pool;		/* n_pool plaintext heap-like pages */
-static char *enc_pool;			/* encrypted, real LSN, no checksums */
-static char *enc_pool_lsn0;		/* encrypted, synthetic nonces */
-static char *enc_pool_cksum;	/* encrypted, real LSN, checksums */
-static char *hdr_lsn0;			/* saved first 16 bytes of enc_pool_lsn0 */
-static char *hdr_cksum;			/* saved first 16 bytes of enc_pool_cksum */
-static char *hdr_plain;			/* saved first 16 bytes of enc_pool */
+static char *enc_pool;			/* encrypted, no checksums */
+static char *enc_pool_cksum;	/* encrypted, checksums */
+static char *wal_pool;			/* n_pool plaintext WAL pages */
+static char *wal_enc_pool;		/* encrypted WAL pages */
+static uint32_t *wal_markers;	/* their page markers (decrypt resets them) */
 static char *out_page;			/* the per-process encryption buffer */
 
-static EVP_CIPHER_CTX *evp_ctx;
+static EVP_CIPHER_CTX *evp_ctx;		/* openssl speed: set up once */
+static EVP_CIPHER_CTX *evp_head;	/* per-page tweak: the head unit's key */
+static EVP_CIPHER_CTX *evp_body;	/* and the body's */
 
 static volatile uint64_t sink;	/* defeats dead-code elimination */
 
@@ -128,16 +140,20 @@ now_us(void)
 	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
 }
 
+static void
+die(const char *what)
+{
+	fprintf(stderr, "bench_page: %s\n", what);
+	exit(1);
+}
+
 static void *
 aligned_pages(size_t npages)
 {
 	void	   *p;
 
 	if (posix_memalign(&p, 4096, npages * PAGE) != 0)
-	{
-		fprintf(stderr, "bench_page: out of memory\n");
-		exit(1);
-	}
+		die("out of memory");
 	memset(p, 0, npages * PAGE);
 	return p;
 }
@@ -161,14 +177,7 @@ page_id(long i, ByokPageId *id)
 	id->relnumber = 16384 + (uint32_t) (i % 13);
 	id->forknum = BYOK_MAIN_FORKNUM;
 	id->blkno = (uint32_t) i;
-	id->tweak = 0;
-}
-
-/* The id of pool page k (decrypt variants: must match how k was encrypted). */
-static inline void
-pool_id(int k, ByokPageId *id)
-{
-	page_id(k, id);
+	id->temp = false;
 }
 
 static inline void
@@ -200,11 +209,24 @@ make_page(char *page, uint64_t *seed)
 	ph->pd_prune_xid = 0;
 }
 
+/* A full WAL page with a short header at 'pageaddr'; random records. */
 static void
-die(const char *what)
+make_wal_page(char *page, uint64_t pageaddr, uint64_t *seed)
 {
-	fprintf(stderr, "bench_page: %s\n", what);
-	exit(1);
+	XLogPageHeader hdr = (XLogPageHeader) page;
+
+	for (int j = 0; j < PAGE; j += 8)
+	{
+		uint64_t	v = xorshift64(seed);
+
+		memcpy(page + j, &v, 8);
+	}
+	hdr->xlp_magic = XLOG_PAGE_MAGIC;
+	hdr->xlp_info = XLP_FIRST_IS_CONTRECORD;
+	hdr->xlp_tli = 1;
+	hdr->xlp_pageaddr = pageaddr;
+	hdr->xlp_rem_len = 100;
+	memset(page + BYOK_WAL_MARKER_OFF, 0, 4);
 }
 
 /* Round trips of every path, once, before anything is timed. */
@@ -215,40 +237,63 @@ self_check(void)
 	char	   *enc = aligned_pages(1);
 	ByokPageId	id;
 	uint64_t	seed = 42;
+	uint64_t	waladdr = UINT64_C(0x0000000500000000) + 3 * PAGE;
 
 	page_id(7, &id);
 	make_page(src, &seed);
 
-	/* real LSN */
 	byok_page_encrypt(src, enc, &id, false);
-	if (memcmp(enc, src, 8) != 0 || memcmp(enc + 64, src + 64, 64) == 0)
-		die("self-check: real-LSN encrypt did not encrypt");
+	if (memcmp(enc, src, BYOK_PAGE_CLEAR_BYTES) != 0 || memcmp(enc + 64, src + 64, 64) == 0 ||
+		memcmp(enc + 12, src + 12, 16) == 0)
+		die("self-check: page encrypt did not encrypt");
 	if (byok_page_decrypt(enc, &id, false) != BYOK_PAGE_OK ||
 		memcmp(enc, src, PAGE) != 0)
-		die("self-check: real-LSN round trip failed");
+		die("self-check: page round trip failed");
 
-	/* LSN 0: synthetic nonce, restored to 0 */
-	set_lsn(src, 0);
-	byok_page_encrypt(src, enc, &id, false);
-	if (!(PageXLogRecPtrGet(((PageHeader) enc)->pd_lsn) & BYOK_SYNTHETIC_NONCE_BIT))
-		die("self-check: LSN-0 page got no synthetic nonce");
-	if (byok_page_decrypt(enc, &id, false) != BYOK_PAGE_OK ||
-		memcmp(enc, src, PAGE) != 0)
-		die("self-check: LSN-0 round trip failed");
-
-	/* checksums */
 	set_lsn(src, 0x20000000);
 	((PageHeader) src)->pd_checksum = 0;
 	((PageHeader) src)->pd_checksum = pg_checksum_page(src, id.blkno);
 	byok_page_encrypt(src, enc, &id, true);
 	if (((PageHeader) enc)->pd_checksum != pg_checksum_page(enc, id.blkno))
-		die("self-check: ciphertext checksum not set");
+		die("self-check: stored checksum not set");
 	if (byok_page_decrypt(enc, &id, true) != BYOK_PAGE_OK ||
 		memcmp(enc, src, PAGE) != 0)
 		die("self-check: checksum round trip failed");
 
+	memset(src, 0, PAGE);
+	byok_page_encrypt(src, enc, &id, true);
+	if (!byok_page_is_zero(enc))
+		die("self-check: a zero page was not stored as zeros");
+
+	make_wal_page(src, waladdr, &seed);
+	if (!byok_wal_page_plain_valid(src, WAL_SEG, waladdr % WAL_SEG))
+		die("self-check: test WAL page not valid");
+	byok_wal_page_encrypt(src, enc);
+	if (memcmp(enc, src, BYOK_WAL_MARKER_OFF) != 0 || memcmp(enc + 64, src + 64, 64) == 0 ||
+		byok_wal_page_kind(enc, PAGE) != BYOK_WAL_PAGE_ENCRYPTED)
+		die("self-check: WAL encrypt did not encrypt");
+	if (byok_wal_page_decrypt(enc, PAGE) != BYOK_WAL_PAGE_DECRYPTED ||
+		memcmp(enc, src, PAGE) != 0)
+		die("self-check: WAL round trip failed");
+
 	free(src);
 	free(enc);
+}
+
+static EVP_CIPHER_CTX *
+xts_ctx(uint64_t *seed)
+{
+	uint8_t		key[64];
+	uint8_t		iv[16] = {0};
+	EVP_CIPHER_CTX *ctx;
+
+	for (int j = 0; j < 64; j++)
+		key[j] = (uint8_t) xorshift64(seed);
+	ctx = EVP_CIPHER_CTX_new();
+	if (ctx == NULL ||
+		EVP_EncryptInit_ex(ctx, EVP_aes_256_xts(), NULL, key, iv) != 1)
+		die("EVP XTS setup failed");
+	return ctx;
 }
 
 static void
@@ -256,8 +301,6 @@ setup(void)
 {
 	ByokError	err;
 	uint64_t	seed = 0x9e3779b97f4a7c15ULL;
-	uint8_t		key[32];
-	uint8_t		iv[16] = {0};
 
 	if (!byok_crypto_init(bench_key, &err))
 	{
@@ -268,53 +311,42 @@ setup(void)
 
 	plain_pool = aligned_pages(n_pool);
 	enc_pool = aligned_pages(n_pool);
-	enc_pool_lsn0 = aligned_pages(n_pool);
 	enc_pool_cksum = aligned_pages(n_pool);
+	wal_pool = aligned_pages(n_pool);
+	wal_enc_pool = aligned_pages(n_pool);
 	out_page = aligned_pages(1);
-	hdr_plain = malloc((size_t) n_pool * 16);
-	hdr_lsn0 = malloc((size_t) n_pool * 16);
-	hdr_cksum = malloc((size_t) n_pool * 16);
-	if (!hdr_plain || !hdr_lsn0 || !hdr_cksum)
+	wal_markers = malloc((size_t) n_pool * sizeof(uint32_t));
+	if (wal_markers == NULL)
 		die("out of memory");
 
 	for (int k = 0; k < n_pool; k++)
 	{
 		char	   *p = POOL(plain_pool, k);
 		ByokPageId	id;
+		uint64_t	waladdr = UINT64_C(0x0000000500000000) + (uint64_t) (k + 1) * PAGE;
 
 		make_page(p, &seed);
-		pool_id(k, &id);
+		page_id(k, &id);
 		byok_page_encrypt(p, POOL(enc_pool, k), &id, false);
-		memcpy(hdr_plain + k * 16, POOL(enc_pool, k), 16);
-
-		set_lsn(p, 0);
-		byok_page_encrypt(p, POOL(enc_pool_lsn0, k), &id, false);
-		memcpy(hdr_lsn0 + k * 16, POOL(enc_pool_lsn0, k), 16);
 
 		set_lsn(p, 0x30000000 + k);
 		((PageHeader) p)->pd_checksum = 0;
 		((PageHeader) p)->pd_checksum = pg_checksum_page(p, id.blkno);
 		byok_page_encrypt(p, POOL(enc_pool_cksum, k), &id, true);
-		memcpy(hdr_cksum + k * 16, POOL(enc_pool_cksum, k), 16);
+
+		make_wal_page(POOL(wal_pool, k), waladdr, &seed);
+		byok_wal_page_encrypt(POOL(wal_pool, k), POOL(wal_enc_pool, k));
+		memcpy(&wal_markers[k], POOL(wal_enc_pool, k) + BYOK_WAL_MARKER_OFF, 4);
 	}
 
-	/* the openssl-speed-like context: its own random key, never re-init'd */
-	for (int j = 0; j < 32; j++)
-		key[j] = (uint8_t) xorshift64(&seed);
-	evp_ctx = EVP_CIPHER_CTX_new();
-	if (evp_ctx == NULL ||
-		EVP_EncryptInit_ex(evp_ctx, EVP_aes_256_ctr(), NULL, key, iv) != 1)
-		die("EVP setup failed");
+	/* plain OpenSSL contexts with their own random keys */
+	evp_ctx = xts_ctx(&seed);
+	evp_head = xts_ctx(&seed);
+	evp_body = xts_ctx(&seed);
 }
 
-/*
- * Decrypt in place, restoring the stored header first: after one decrypt the
- * body is plaintext, and decrypting it again is exactly the same work (CTR
- * is an involution; with checksums the verify then fails, which costs the
- * same).  Restoring 16 bytes is noise next to 8 kB of AES.
- */
 static double
-run_decrypt(char *pool, const char *hdr, bool checksums)
+run_decrypt(char *pool, bool checksums)
 {
 	double		t0 = now_us();
 	uint64_t	acc = 0;
@@ -322,12 +354,10 @@ run_decrypt(char *pool, const char *hdr, bool checksums)
 	for (long i = 0; i < n_pages; i++)
 	{
 		int			k = (int) (i % n_pool);
-		char	   *p = POOL(pool, k);
 		ByokPageId	id;
 
-		memcpy(p, hdr + k * 16, 16);
-		pool_id(k, &id);
-		acc += byok_page_decrypt(p, &id, checksums);
+		page_id(k, &id);
+		acc += byok_page_decrypt(POOL(pool, k), &id, checksums);
 	}
 	sink += acc;
 	return (now_us() - t0) / n_pages;
@@ -349,7 +379,7 @@ run_variant(Variant v)
 				char	   *src = POOL(plain_pool, i % n_pool);
 				ByokPageId	id;
 
-				/* a fresh real LSN per write, as after each modification */
+				/* a fresh LSN per write, as after each modification */
 				set_lsn(src, 0x40000000 + (uint64_t) i * 120);
 				page_id(i, &id);
 				byok_page_encrypt(src, out_page, &id, v == V_ENCRYPT_CKSUM);
@@ -358,60 +388,41 @@ run_variant(Variant v)
 			sink += acc;
 			return (now_us() - t0) / n_pages;
 
-		case V_ENCRYPT_LSN0:
-			t0 = now_us();
-			for (long i = 0; i < n_pages; i++)
-			{
-				char	   *src = POOL(plain_pool, i % n_pool);
-				ByokPageId	id;
-
-				set_lsn(src, 0);
-				page_id(i, &id);
-				byok_page_encrypt(src, out_page, &id, false);
-				acc += (uint8_t) out_page[100];
-			}
-			sink += acc;
-			return (now_us() - t0) / n_pages;
-
 		case V_DECRYPT:
-			return run_decrypt(enc_pool, hdr_plain, false);
-		case V_DECRYPT_LSN0:
-			return run_decrypt(enc_pool_lsn0, hdr_lsn0, false);
+			return run_decrypt(enc_pool, false);
 		case V_DECRYPT_CKSUM:
-			return run_decrypt(enc_pool_cksum, hdr_cksum, true);
+			return run_decrypt(enc_pool_cksum, true);
 
-		case V_CTR_RAW:
+		case V_WAL_ENCRYPT:
 			t0 = now_us();
 			for (long i = 0; i < n_pages; i++)
 			{
-				uint8_t		iv[BYOK_BLOCK_LEN] = {0};
-				const char *src = POOL(plain_pool, i % n_pool);
+				char	   *src = POOL(wal_pool, i % n_pool);
 
-				iv[8] = (uint8_t) (i >> 8);
-				iv[9] = (uint8_t) i;
-				byok_ctr_page_key(iv, (const uint8_t *) src + BYOK_PAGE_CLEAR_BYTES,
-								  (uint8_t *) out_page + BYOK_PAGE_CLEAR_BYTES,
-								  PAGE - BYOK_PAGE_CLEAR_BYTES);
+				/* a new page address per write (same offset in a new segment) */
+				((XLogPageHeader) src)->xlp_pageaddr += WAL_SEG;
+				byok_wal_page_encrypt(src, out_page);
 				acc += (uint8_t) out_page[100];
 			}
 			sink += acc;
 			return (now_us() - t0) / n_pages;
 
-		case V_COUNTER_BLOCK:
+		case V_WAL_DECRYPT:
 			t0 = now_us();
 			for (long i = 0; i < n_pages; i++)
 			{
-				uint8_t		iv[BYOK_BLOCK_LEN];
-				ByokPageId	id;
+				int			k = (int) (i % n_pool);
+				char	   *p = POOL(wal_enc_pool, k);
 
-				page_id(i, &id);
-				byok_page_counter_block(0x40000000 + (uint64_t) i * 120, &id, iv);
-				acc += iv[3];
+				memcpy(p + BYOK_WAL_MARKER_OFF, &wal_markers[k], 4);
+				acc += byok_wal_page_decrypt(p, PAGE);
 			}
 			sink += acc;
+			if (acc != (uint64_t) n_pages * BYOK_WAL_PAGE_DECRYPTED)
+				die("wal_decrypt: a page did not decrypt");
 			return (now_us() - t0) / n_pages;
 
-		case V_EVP_CTR:
+		case V_EVP_XTS:
 			t0 = now_us();
 			for (long i = 0; i < n_pages; i++)
 			{
@@ -419,7 +430,7 @@ run_variant(Variant v)
 				const char *src = POOL(plain_pool, i % n_pool);
 
 				if (EVP_EncryptUpdate(evp_ctx, (uint8_t *) out_page, &outl,
-									  (const uint8_t *) src, PAGE) != 1)
+									  (const uint8_t *) src, PAGE) != 1 || outl != PAGE)
 					die("EVP_EncryptUpdate failed");
 				acc += (uint8_t) out_page[100];
 			}
@@ -431,16 +442,22 @@ run_variant(Variant v)
 			for (long i = 0; i < n_pages; i++)
 			{
 				int			outl = 0;
-				uint8_t		iv[BYOK_BLOCK_LEN] = {0};
+				uint8_t		iv[BYOK_BLOCK_LEN];
 				const char *src = POOL(plain_pool, i % n_pool);
+				ByokPageId	id;
 
-				iv[8] = (uint8_t) (i >> 8);
-				iv[9] = (uint8_t) i;
-				if (EVP_EncryptInit_ex(evp_ctx, NULL, NULL, NULL, iv) != 1 ||
-					EVP_EncryptUpdate(evp_ctx,
+				page_id(i, &id);
+				byok_page_tweak(0x40000000 + (uint64_t) i * 120, &id, iv);
+				if (EVP_EncryptInit_ex(evp_head, NULL, NULL, NULL, iv) != 1 ||
+					EVP_EncryptUpdate(evp_head,
 									  (uint8_t *) out_page + BYOK_PAGE_CLEAR_BYTES, &outl,
 									  (const uint8_t *) src + BYOK_PAGE_CLEAR_BYTES,
-									  PAGE - BYOK_PAGE_CLEAR_BYTES) != 1)
+									  BYOK_PAGE_BODY_START - BYOK_PAGE_CLEAR_BYTES) != 1 ||
+					EVP_EncryptInit_ex(evp_body, NULL, NULL, NULL, iv) != 1 ||
+					EVP_EncryptUpdate(evp_body,
+									  (uint8_t *) out_page + BYOK_PAGE_BODY_START, &outl,
+									  (const uint8_t *) src + BYOK_PAGE_BODY_START,
+									  PAGE - BYOK_PAGE_BODY_START) != 1)
 					die("EVP_EncryptInit_ex/EVP_EncryptUpdate failed");
 				acc += (uint8_t) out_page[100];
 			}
@@ -501,9 +518,10 @@ main(int argc, char **argv)
 
 	setup();
 
-	printf("# byok page cipher micro-benchmark: %ld calls per variant and round, "
-		   "%d rounds (interleaved), pool of %d pages\n",
-		   n_pages, n_rounds, n_pool);
+	printf("# byok page cipher micro-benchmark (format %d, XTS-AES-256): %ld calls per variant "
+		   "and round, %d rounds (interleaved), pool of %d pages\n",
+		   BYOK_FORMAT, n_pages, n_rounds, n_pool);
+	printf("# implementation: %s\n", byok_crypto_implementation());
 	printf("pages %ld\nrounds %d\npool %d\n", n_pages, n_rounds, n_pool);
 	fflush(stdout);
 
@@ -530,8 +548,8 @@ main(int argc, char **argv)
 			best = Min(best, results[v][r]);
 		printf("%s_us %.4f\n", variant_names[v], med);
 		printf("%s_min_us %.4f\n", variant_names[v], best);
-		if (v != V_COUNTER_BLOCK)
-			printf("%s_mbps %.1f\n", variant_names[v], PAGE / med);
+		printf("%s_mbps %.1f\n", variant_names[v], PAGE / med);
 	}
+	byok_crypto_wipe();
 	return 0;
 }

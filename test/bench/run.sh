@@ -6,7 +6,7 @@
 #
 # In one run:
 #  (a) the page cipher (test/bench/bench_page.c, built here from src/crypto.c)
-#      against `openssl speed -evp aes-256-ctr -bytes 8192`, interleaved;
+#      against `openssl speed -evp aes-256-xts -bytes 8192`, interleaved;
 #  (b) pgbench tpcb-like, data in shared_buffers, on a stock and a byok
 #      cluster side by side, interleaved runs, medians;
 #  (c) pgbench select-only with data >= 4x shared_buffers (held by the OS
@@ -258,8 +258,8 @@ CFLAGS_AVX2=""
 
 openssl_mbps()
 {
-	# -mr prints "+F:n:AES-256-CTR:<bytes per second>" for the one size
-	openssl speed -mr -evp aes-256-ctr -bytes 8192 -seconds "$SSL_SECONDS" 2>/dev/null |
+	# -mr prints "+F:n:AES-256-XTS:<bytes per second>" for the one size
+	openssl speed -mr -evp aes-256-xts -bytes 8192 -seconds "$SSL_SECONDS" 2>/dev/null |
 		awk -F: '/^\+F:/ { printf "%.1f\n", $NF / 1e6 }'
 }
 
@@ -273,7 +273,7 @@ for i in $(seq 1 "$MICRO_ITER"); do
 		wait_quiet "$QUIET_WAIT"
 		if [ "$what" = ssl ]; then
 			v=$(openssl_mbps || true)
-			[ -n "$v" ] || die "could not parse 'openssl speed -mr -evp aes-256-ctr' output"
+			[ -n "$v" ] || die "could not parse 'openssl speed -mr -evp aes-256-xts' output"
 			echo "$v" >>"$WORK/raw/openssl.txt"
 		else
 			"$WORK/bin/bench_page" -n "$MICRO_PAGES" -r 1 >"$WORK/raw/bench_page.$i.txt" ||
@@ -291,8 +291,9 @@ SSL_MBPS=$(median <"$WORK/raw/openssl.txt")
 SSL_US=$(awk -v m="$SSL_MBPS" 'BEGIN { printf "%.4f\n", 8192 / m }')
 ENC_MBPS=$(micro page_encrypt_mbps)
 CIPHER_RATIO=$(ratio "$ENC_MBPS" "$SSL_MBPS")
-EVP_RATIO=$(ratio "$(micro page_encrypt_mbps)" "$(micro evp_ctr_8192_mbps)")
+EVP_RATIO=$(ratio "$(micro page_encrypt_mbps)" "$(micro evp_xts_8192_mbps)")
 DEC_US=$(micro page_decrypt_us)
+log "(a) bench_page $(grep -h -m1 '^# implementation' "$WORK"/raw/bench_page.*.txt | head -n 1 | sed 's/^# //')"
 log "(a) openssl speed runs (MB/s): $(tr '\n' ' ' <"$WORK/raw/openssl.txt")"
 log "(a) byok page_encrypt runs (MB/s): $(awk '$1 == "page_encrypt_mbps" { printf "%s ", $2 }' "$WORK/raw/bench_page.txt")"
 
@@ -592,15 +593,15 @@ echo
 echo "== byok benchmark results ($MODE mode, $(date -u '+%Y-%m-%d %H:%M UTC'), $NCPU CPUs, $PG_VERSION) =="
 echo
 echo "page cipher (medians of $MICRO_ITER interleaved runs; us per 8 kB page, MB = 10^6 bytes):"
-printf '  %-34s %8s us  %8s MB/s\n' "openssl speed aes-256-ctr 8192 B" "$SSL_US" "$SSL_MBPS"
-for k in evp_ctr_8192 evp_ctr_ivreset page_encrypt page_decrypt page_encrypt_lsn0 page_decrypt_lsn0 \
-	page_encrypt_cksum page_decrypt_cksum ctr_page_raw; do
+printf '  %-34s %8s us  %8s MB/s\n' "openssl speed aes-256-xts 8192 B" "$SSL_US" "$SSL_MBPS"
+for k in evp_xts_8192 evp_xts_ivreset page_encrypt page_decrypt page_encrypt_cksum page_decrypt_cksum \
+	wal_encrypt wal_decrypt; do
 	printf '  %-34s %8s us  %8s MB/s\n' "$k" "$(micro "${k}_us")" "$(micro "${k}_mbps")"
 done
-printf '  %-34s %8s us\n' "counter_block" "$(micro counter_block_us)"
-echo "  byok encrypt / in-process EVP (same ctx, no IV reset): $EVP_RATIO"
-echo "  (gap to the ceiling: evp_ctr_ivreset - evp_ctr_8192 = OpenSSL's per-page IV change;"
-echo "   page_encrypt - evp_ctr_ivreset = byok's counter block, zero check, call overhead)"
+echo "  byok encrypt / in-process EVP (same ctx, no tweak change): $EVP_RATIO"
+echo "  (gap to the ceiling: evp_xts_ivreset - evp_xts_8192 = OpenSSL's per-page tweak change and"
+echo "   second unit; page_encrypt - evp_xts_ivreset = byok's zero check, tweak, call overhead,"
+echo "   negative where byok computes XTS with VAES)"
 echo
 echo "pgbench tps per run (interleaved, $RUN_T s each, -c $CLIENTS -j $CLIENTS):"
 echo "  tpcb-like   stock: $(case_runs tpcb stock)"
@@ -633,7 +634,7 @@ printf '%-20s %10s %10s %7s %7s %7s %7s %6s\n' "select-only (tps)" "$SEL_STOCK" 
 echo "(stock, byok: medians; ratio = byok/stock of the medians, the one judged; pairs = median of"
 echo " the per-pair ratios, steadier when the load of the machine drifts; cpu = stock/byok CPU time"
 echo " per transaction, nearly blind to other load: on a CPU-bound run, the ratio a quiet machine gives)"
-echo "(page cipher: 'stock' = openssl speed -evp aes-256-ctr -bytes 8192, 'byok' = byok_page_encrypt)"
+echo "(page cipher: 'stock' = openssl speed -evp aes-256-xts -bytes 8192, 'byok' = byok_page_encrypt)"
 if [ -n "$NOISY" ]; then
 	echo "WARNING: other processes used a median of ${TPCB_FOREIGN}% (tpcb-like) and ${SEL_FOREIGN}% (select-only)"
 	echo "         of the CPUs during the pgbench runs: the tps ratios are unreliable; rerun on a quiet machine."
