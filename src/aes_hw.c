@@ -311,14 +311,18 @@ byok_aes_hw_ctr(const ByokAesSchedule *s, const uint8_t iv[16],
  *
  * Sixteen blocks in flight as in the CTR loop: eight 256-bit registers of
  * two blocks each go through each round together.  Their sixteen tweaks
- * sit in a buffer in this frame (8 x 32 bytes; wiped on the way out): the
- * eight data registers and a round key fill most of the sixteen YMM
- * registers, so keeping the tweaks in registers too would make the
- * compiler spill them where they could not be wiped.  From one group to
- * the next each tweak is multiplied by alpha^16: a left shift of the
- * 128-bit lane by two bytes, and the sixteen bits shifted out, multiplied
- * (carry-less) by 0x87, folded back into the low end -- four instructions
- * per two tweaks, none depending on another group's result.
+ * are in a buffer in this frame, and so are the next group's (2 x 8 x 32
+ * bytes, wiped on the way out): the eight data registers and a round key
+ * fill most of the sixteen YMM registers, and with the tweaks in registers
+ * as well the compiler spills them to stack slots of its own, which
+ * nothing wipes.  Compiler barriers make it read the tweaks from the
+ * buffer where they are used.  The next group's tweaks are this group's
+ * times alpha^16 (xts_mul_x16, independent of each other and of the
+ * previous group's), one register of them after each of the first eight
+ * rounds.
+ *
+ * 8 KiB, this CPU (AMD EPYC, VAES): about 0.58 us each way, OpenSSL 3.0's
+ * AES-NI XTS about 1.24 us, this file's CTR loop about 0.56 us.
  */
 
 /* t * alpha, one 128-bit tweak (OpenSSL's and the kernel's SSE sequence) */
@@ -349,9 +353,8 @@ xts_mul_xk(__m256i t, int k, __m256i poly)
  * Each 128-bit lane times x^16: the next group's tweaks.  Rotated left by
  * two bytes, the lane is t * x^16 with the 16 bits h that left at the top
  * back at the bottom; reducing h * x^128 gives h * 0x87, so what remains to
- * add is h * (0x87 + 1) = h * 0x86.  One shuffle, one carry-less multiply,
- * two logic instructions: the shuffle and shift units, which the AES
- * rounds partly share, see one instruction per two tweaks.
+ * add is h * (0x87 + 1) = h * 0x86.  One shuffle, one AND, one carry-less
+ * multiply, one XOR for two tweaks.
  */
 TARGET_XTS static inline __m256i
 xts_mul_x16(__m256i t)
@@ -409,6 +412,15 @@ xts_group16(const uint8_t (*rk)[32], const __m256i *tw, __m256i *next,
 		b4 = op(b4, k); b5 = op(b5, k); b6 = op(b6, k); b7 = op(b7, k); \
 	} while (0)
 
+	/*
+	 * The tweaks come from tw[] in memory, not from registers the caller
+	 * filled them from: otherwise the compiler carries the next group's
+	 * tweaks from one iteration to the next in registers, runs short of
+	 * them and spills tweaks to stack slots of its own, which nothing
+	 * wipes.  The same again after the whitening, for the final XOR.
+	 */
+	__asm__ __volatile__("" ::: "memory");
+
 	k = RK(0);
 	b0 = IN(0);
 	b1 = IN(1);
@@ -419,17 +431,6 @@ xts_group16(const uint8_t (*rk)[32], const __m256i *tw, __m256i *next,
 	b6 = IN(6);
 	b7 = IN(7);
 
-	/*
-	 * The next group's tweaks, now rather than after the rounds: they are
-	 * then long ready when the next group starts, instead of holding up
-	 * its first round by the latency of the multiplication.
-	 */
-	/*
-	 * From here on the tweaks are read from tw[] again for the final XOR:
-	 * without this barrier the compiler keeps all eight in registers
-	 * through the rounds as well, runs out of them and spills tweaks to
-	 * stack slots of its own, which nothing wipes.
-	 */
 	__asm__ __volatile__("" ::: "memory");
 
 	_Pragma("GCC unroll 13")
@@ -444,7 +445,7 @@ xts_group16(const uint8_t (*rk)[32], const __m256i *tw, __m256i *next,
 		 * The next group's tweaks, one register per round: interleaved
 		 * with the rounds, the multiplications fill gaps the AES units
 		 * leave; all eight in one burst, before or after the rounds, they
-		 * hold up the rounds instead (about 10% slower for a page).
+		 * hold up the rounds instead (a page takes 10% longer).
 		 */
 		if (next != NULL && r <= 8)
 			next[r - 1] = xts_mul_x16(tw[r - 1]);
