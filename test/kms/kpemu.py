@@ -506,6 +506,8 @@ class Emulator:
 
     def _new_apikey(self, access, instance, service, name=None):
         apikey = secrets.token_urlsafe(33)
+        while apikey.startswith("-"):  # a leading '-' reads as an option on any command line
+            apikey = secrets.token_urlsafe(33)
         kid = "ApiKey-" + new_uuid()
         iam_id = ("iam-ServiceId-" + new_uuid()) if service else \
             ("IBMid-" + secrets.token_hex(5).upper())
