@@ -45,21 +45,21 @@ my $wal_conf = "wal_level = replica\nmin_wal_size = 64MB\nmax_wal_size = 64MB\nw
 sub marker_workload
 {
 	my ($node) = @_;
-	$node->safe_psql('postgres', qq{
-		CREATE TABLE m (id int PRIMARY KEY, v text);
-		INSERT INTO m SELECT i, '$marker-' || i FROM generate_series(1, 2000) i;
-	});
-	for my $round (1 .. 3)
-	{
-		$node->safe_psql('postgres', qq{
-			CREATE TABLE churn$round AS SELECT g, md5(g::text) AS h FROM generate_series(1, 150000) g;
-			DROP TABLE churn$round;
-			CHECKPOINT;
-		});
-	}
+	# the bulk first (it gives the kills something to interrupt), then the
+	# marker, then just enough WAL and two checkpoints that the marker's
+	# segment is recycled (renamed to a future name) and not yet reused
 	$node->safe_psql('postgres', qq{
 		CREATE TABLE big AS SELECT g AS id, md5(g::text) || repeat('y', 150) AS pad
 		  FROM generate_series(1, 250000) g;
+		CHECKPOINT;
+		SELECT pg_switch_wal();
+		CREATE TABLE m (id int PRIMARY KEY, v text);
+		INSERT INTO m SELECT i, '$marker-' || i FROM generate_series(1, 2000) i;
+		SELECT pg_switch_wal();
+		CREATE TABLE churn AS SELECT g, md5(g::text) AS h FROM generate_series(1, 100000) g;
+		DROP TABLE churn;
+		SELECT pg_switch_wal();
+		CHECKPOINT;
 		CHECKPOINT;
 	});
 }
