@@ -504,12 +504,7 @@ byok_xts_raw(const uint8_t key[2 * BYOK_KEY_LEN], const uint8_t tweak[BYOK_BLOCK
 bool
 byok_page_is_zero(const char *page)
 {
-	const uint64_t *p = (const uint64_t *) page;
-
-	for (size_t i = 0; i < BYOK_PAGE_SIZE / sizeof(uint64_t); i++)
-		if (p[i] != 0)
-			return false;
-	return true;
+	return byok_bytes_are_zero(page, BYOK_PAGE_SIZE);
 }
 
 /* Does 'page' look like a valid (plaintext) PostgreSQL page header? */
@@ -602,8 +597,8 @@ byok_page_decrypt(char *page, const ByokPageId *id, bool checksums)
 
 /* --- WAL pages -------------------------------------------------------- */
 
-static bool
-bytes_are_zero(const char *p, size_t len)
+bool
+byok_bytes_are_zero(const char *p, size_t len)
 {
 	const char *end = p + len;
 
@@ -704,7 +699,7 @@ byok_wal_page_encrypt(const char *src, char *dst)
 	const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) src;
 	uint32_t	marker;
 
-	if (bytes_are_zero(src, BYOK_WAL_PAGE_SIZE))
+	if (byok_bytes_are_zero(src, BYOK_WAL_PAGE_SIZE))
 	{
 		if (dst != src)
 			memset(dst, 0, BYOK_WAL_PAGE_SIZE);
@@ -725,7 +720,7 @@ byok_wal_page_kind(const char *page, size_t len)
 	const XLogPageHeaderData *hdr = (const XLogPageHeaderData *) page;
 	uint32_t	stored;
 
-	if (bytes_are_zero(page, len))
+	if (byok_bytes_are_zero(page, len))
 		return BYOK_WAL_PAGE_ZERO;
 	if (len < BYOK_WAL_PAGE_SIZE || !wal_header_shape(hdr))
 		return BYOK_WAL_PAGE_INVALID;

@@ -117,6 +117,9 @@ extern void byok_wal_tweak(uint64_t pageaddr, uint32_t tli, uint32_t unit,
 
 extern bool byok_page_is_zero(const char *page);
 
+/* Are all 'len' bytes zero?  (Word at a time; any length.) */
+extern bool byok_bytes_are_zero(const char *p, size_t len);
+
 /* Does a page look like a valid plaintext PostgreSQL page header? */
 extern bool byok_page_header_valid(const char *page);
 

@@ -84,15 +84,6 @@ static char *wal_buf = NULL;
 /* Whether this process has said that it read WAL under another key. */
 static bool foreign_warned = false;
 
-static bool
-bytes_zero(const char *p, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		if (p[i] != 0)
-			return false;
-	return true;
-}
-
 const ByokWalFuncs *
 byok_wal_wrappers(void)
 {
@@ -327,7 +318,7 @@ encrypt_pages(const char *src, char *dst, size_t len, off_t first)
 	{
 		uint64		off_in_seg = (uint64) (first + p) % wal_segment_size;
 
-		if (bytes_zero(src + p, PAGE))
+		if (byok_bytes_are_zero(src + p, PAGE))
 		{
 			if (dst != src)
 				memset(dst + p, 0, PAGE);
@@ -493,7 +484,7 @@ byok_wal_convert_plaintext(const char *waldir, int *segments, int *pages_convert
 		{
 			if (pg_pread(fd, page, PAGE, off) != PAGE)
 				break;
-			if (bytes_zero(page, PAGE) ||
+			if (byok_bytes_are_zero(page, PAGE) ||
 				!byok_wal_page_plain_valid(page, wal_segment_size, off))
 				continue;		/* zero, encrypted, or not a WAL page */
 			byok_wal_page_encrypt(page, page);
