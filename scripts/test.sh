@@ -41,11 +41,15 @@ die() { echo "test.sh: $*" >&2; exit 1; }
 if [[ $(id -u) -eq 0 ]]; then
 	as_root=1
 	# One root run at a time: each installs byok system-wide, and a second
-	# run would swap the library under the first one's servers.
-	exec 9>/run/lock/byok-test.lock
-	if ! flock -n 9; then
-		echo "test.sh: another test run holds /run/lock/byok-test.lock; waiting for it"
-		flock 9 || die "could not lock /run/lock/byok-test.lock"
+	# run would swap the library under the first one's servers.  flock -o
+	# holds the lock in its own process only, so that nothing a test leaves
+	# behind keeps it.
+	if [[ -z ${BYOK_TEST_LOCKED:-} ]]; then
+		lock=/run/lock/byok-test.lock
+		if ! flock -n "$lock" true; then
+			echo "test.sh: another test run holds $lock; waiting for it"
+		fi
+		exec flock -o "$lock" env BYOK_TEST_LOCKED=1 bash "${BASH_SOURCE[0]}" "$@"
 	fi
 	say "install dependencies"
 	bash "$repo/scripts/install-deps.sh" || die "scripts/install-deps.sh failed"
