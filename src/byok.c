@@ -417,12 +417,13 @@ byok_startup(void)
 					(errmsg("byok: encrypted %d plaintext WAL pages in %d segments", pages, segments),
 					 errdetail("Segments written by pg_basebackup -X stream, pg_receivewal or pg_resetwal are plaintext until the server starts.")));
 	}
-	if (!byok_hooks_install_wal(byok_wal_wrappers(), &err))
+	if (!byok_hooks_install_io(byok_io_wrappers(), &err))
 	{
 		byok_crypto_wipe();
 		byok_report(FATAL, ERRCODE_INTERNAL_ERROR, &err);
 	}
 	on_proc_exit(byok_on_exit, (Datum) 0);
+	byok_io_warn_log_settings();
 
 	ereport(LOG,
 			(errmsg("byok: cluster encryption active (%s, provider %s%s%s, key version %s, data checksums %s)",
@@ -444,8 +445,17 @@ byok_shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(byok_smgr_shmem_size() + byok_wal_shmem_size() +
-						   MAXALIGN(sizeof(ByokSharedState)));
-	RequestNamedLWLockTranche("byok", 2);
+						   byok_io_shmem_size() + MAXALIGN(sizeof(ByokSharedState)));
+	RequestNamedLWLockTranche("byok", 3);
+
+	/* every preloaded library is loaded now: redirect their file I/O too */
+	if (byok_hooks_installed())
+	{
+		ByokError	err;
+
+		if (!byok_hooks_install_io_modules(&err))
+			byok_report(FATAL, ERRCODE_INTERNAL_ERROR, &err);
+	}
 }
 
 static void
@@ -458,6 +468,7 @@ byok_shmem_startup(void)
 	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
 	byok_smgr_shmem_init();
 	byok_wal_shmem_init(&(GetNamedLWLockTranche("byok"))[1].lock);
+	byok_io_shmem_init(&(GetNamedLWLockTranche("byok"))[2].lock);
 	shared = ShmemInitStruct("byok key state", sizeof(ByokSharedState), &found);
 	if (!found)
 	{

@@ -8,6 +8,7 @@
 #ifndef BYOK_H
 #define BYOK_H
 
+#include <stdio.h>
 #include <sys/uio.h>
 
 #include "storage/lwlock.h"
@@ -34,28 +35,43 @@ typedef struct ByokSmgrFuncs
 	ByokMdExtendFn extend;
 } ByokSmgrFuncs;
 
-/* The C library calls PostgreSQL makes on WAL segments. */
+/*
+ * The C library calls through which PostgreSQL reads and writes WAL,
+ * temporary files and the other files fileio.c classifies.
+ */
 typedef int (*ByokOpenFn) (const char *path, int flags,...);
 typedef int (*ByokCloseFn) (int fd);
 typedef ssize_t (*ByokPreadFn) (int fd, void *buf, size_t count, off_t offset);
 typedef ssize_t (*ByokPwriteFn) (int fd, const void *buf, size_t count, off_t offset);
 typedef ssize_t (*ByokPwritevFn) (int fd, const struct iovec *iov, int iovcnt, off_t offset);
+typedef ssize_t (*ByokReadFn) (int fd, void *buf, size_t count);
+typedef ssize_t (*ByokWriteFn) (int fd, const void *buf, size_t count);
+typedef int (*ByokFtruncateFn) (int fd, off_t length);
+typedef FILE *(*ByokFopenFn) (const char *path, const char *mode);
+typedef int (*ByokFilenoFn) (FILE *stream);
 
-typedef struct ByokWalFuncs
+typedef struct ByokIoFuncs
 {
 	ByokOpenFn	open;
 	ByokCloseFn close;
 	ByokPreadFn pread;
 	ByokPwriteFn pwrite;
 	ByokPwritevFn pwritev;
-} ByokWalFuncs;
+	ByokReadFn	read;
+	ByokWriteFn write;
+	ByokFtruncateFn ftruncate;
+	ByokFopenFn fopen;
+	ByokFilenoFn fileno;
+} ByokIoFuncs;
 
 /* hooks.c: the binary-level redirection */
 extern bool byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err);
 extern const ByokSmgrFuncs *byok_hooks_smgr_originals(void);
 extern bool byok_hooks_installed(void);
-extern bool byok_hooks_install_wal(const ByokWalFuncs *wrappers, ByokError *err);
-extern const ByokWalFuncs *byok_hooks_wal_originals(void);
+extern bool byok_hooks_install_io(const ByokIoFuncs *wrappers, ByokError *err);
+extern bool byok_hooks_install_io_modules(ByokError *err);
+extern const ByokIoFuncs *byok_hooks_io_originals(void);
+extern int	byok_hooks_io_modules(void);
 
 /* smgr.c: the encrypting wrappers and their counters */
 typedef struct ByokPageStats
@@ -115,8 +131,17 @@ extern char *byok_rewrap_keyring(const char *reason);
 extern void byok_watchdog_register(void);
 extern PGDLLEXPORT void byok_watchdog_main(Datum main_arg);
 
-/* wal.c: the encrypting WAL I/O wrappers */
-extern const ByokWalFuncs *byok_wal_wrappers(void);
+/* fileio.c: the I/O wrappers and the one table that classifies files */
+extern const ByokIoFuncs *byok_io_wrappers(void);
+extern Size byok_io_shmem_size(void);
+extern void byok_io_shmem_init(LWLock *lock);
+extern bool byok_io_raw_reader(void);
+extern void byok_io_stats(uint64 *encrypted, uint64 *decrypted);
+extern void byok_io_warn_log_settings(void);
+
+/* wal.c: WAL pages on their way to and from disk */
+extern ssize_t byok_wal_pread(int fd, void *buf, size_t count, off_t offset);
+extern ssize_t byok_wal_pwrite(int fd, const void *buf, size_t count, off_t offset);
 extern Size byok_wal_shmem_size(void);
 extern void byok_wal_shmem_init(LWLock *lock);
 extern void byok_wal_stats(uint64 *encrypted, uint64 *decrypted);

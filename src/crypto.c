@@ -96,7 +96,9 @@ StaticAssertDecl((SizeOfXLogShortPHD + BYOK_WAL_HEAD_UNIT) % BYOK_BLOCK_LEN == 0
 #define XK_PAGE(fc, unit)	((fc) * 2 + (unit))
 #define XK_TEMP(fc, unit)	(PAGE_FORK_CLASSES * 2 + (fc) * 2 + (unit))
 #define XK_WAL				(PAGE_FORK_CLASSES * 4)
-#define N_XTS_KEYS			(XK_WAL + 1)
+#define XK_FILE(c)			(XK_WAL + 1 + (c))	/* BYOK_FILE_TEMP, _DURABLE */
+#define N_FILE_KEYS			2
+#define N_XTS_KEYS			(XK_WAL + 1 + N_FILE_KEYS)
 #define N_SLOTS				2
 
 /* Key material and the hardware round keys, in memory excluded from core dumps. */
@@ -115,6 +117,11 @@ typedef struct ByokKeySlot
 	EVP_CIPHER_CTX *enc[N_XTS_KEYS];
 	EVP_CIPHER_CTX *dec[N_XTS_KEYS];
 	EVP_CIPHER_CTX *marker;		/* AES-256-ECB, the WAL page marker key */
+	/* files (byok_file_crypt): AES-256-ECB with the XTS halves, and the tail key */
+	EVP_CIPHER_CTX *file_k1e[N_FILE_KEYS];
+	EVP_CIPHER_CTX *file_k1d[N_FILE_KEYS];
+	EVP_CIPHER_CTX *file_k2e[N_FILE_KEYS];
+	EVP_CIPHER_CTX *file_tail[N_FILE_KEYS];
 	bool		ready;
 } ByokKeySlot;
 
@@ -255,6 +262,14 @@ slot_wipe(ByokKeySlot *s)
 	}
 	EVP_CIPHER_CTX_free(s->marker);
 	s->marker = NULL;
+	for (int c = 0; c < N_FILE_KEYS; c++)
+	{
+		EVP_CIPHER_CTX_free(s->file_k1e[c]);
+		EVP_CIPHER_CTX_free(s->file_k1d[c]);
+		EVP_CIPHER_CTX_free(s->file_k2e[c]);
+		EVP_CIPHER_CTX_free(s->file_tail[c]);
+		s->file_k1e[c] = s->file_k1d[c] = s->file_k2e[c] = s->file_tail[c] = NULL;
+	}
 }
 
 /* Set XTS key 'k' of slot 's' from the 64 bytes in s->ks->scratch. */
@@ -285,6 +300,23 @@ slot_derive_xts(ByokKeySlot *s, int k, const char *what)
 				   BYOK_KEY_LEN))
 		return false;
 	return slot_set_xts(s, k);
+}
+
+/*
+ * File key 'c' of slot 's': the XTS key from s->ks->scratch (64 bytes)
+ * and, as ECB contexts, its halves and the tail key (the 32 bytes in
+ * 'tail'), for byok_file_crypt's block-addressable XTS.
+ */
+static bool
+slot_set_file(ByokKeySlot *s, int c, const uint8_t *tail)
+{
+	if (!slot_set_xts(s, XK_FILE(c)))
+		return false;
+	s->file_k1e[c] = crypto_new_ctx(EVP_aes_256_ecb(), s->ks->scratch, 1);
+	s->file_k1d[c] = crypto_new_ctx(EVP_aes_256_ecb(), s->ks->scratch, 0);
+	s->file_k2e[c] = crypto_new_ctx(EVP_aes_256_ecb(), s->ks->scratch + BYOK_KEY_LEN, 1);
+	s->file_tail[c] = crypto_new_ctx(EVP_aes_256_ecb(), tail, 1);
+	return s->file_k1e[c] && s->file_k1d[c] && s->file_k2e[c] && s->file_tail[c];
 }
 
 /*
@@ -362,6 +394,31 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 				!slot_set_xts(s, XK_TEMP(fc, unit)))
 				goto fail;
 		}
+
+	/*
+	 * Files: the ephemeral temp key (made here, never stored: pgsql_tmp,
+	 * pg_notify, spill files) and the durable file key (pg_twophase, saved
+	 * statement texts), each an XTS key plus a tail key.
+	 */
+	{
+		uint8_t		tail[BYOK_KEY_LEN];
+		bool		ok;
+
+		ok = byok_random_bytes(s->ks->scratch, sizeof(s->ks->scratch)) &&
+			byok_random_bytes(tail, sizeof(tail)) &&
+			slot_set_file(s, BYOK_FILE_TEMP, tail);
+		ok = ok &&
+			byok_hkdf(s->ks->material, BYOK_KEY_LEN, NULL, 0, "byok v2 file xts data key",
+					  s->ks->scratch, BYOK_KEY_LEN) &&
+			byok_hkdf(s->ks->material, BYOK_KEY_LEN, NULL, 0, "byok v2 file xts tweak key",
+					  s->ks->scratch + BYOK_KEY_LEN, BYOK_KEY_LEN) &&
+			byok_hkdf(s->ks->material, BYOK_KEY_LEN, NULL, 0, "byok v2 file tail key",
+					  tail, sizeof(tail)) &&
+			slot_set_file(s, BYOK_FILE_DURABLE, tail);
+		byok_wipe(tail, sizeof(tail));
+		if (!ok)
+			goto fail;
+	}
 
 	if (!byok_hkdf(s->ks->material, BYOK_KEY_LEN, NULL, 0, "byok v2 wal marker key",
 				   s->ks->scratch, BYOK_KEY_LEN) ||
@@ -460,6 +517,15 @@ byok_wal_tweak(uint64_t pageaddr, uint32_t tli, uint32_t unit,
 	put_le64(out, pageaddr);
 	put_le32(out + 8, tli);
 	put_le32(out + 12, unit);
+}
+
+/* File tweak of a 4096-byte sector: le64(inode) || le32(device) || le32(sector). */
+void
+byok_file_tweak(const ByokFileId *id, uint32_t sector, uint8_t out[BYOK_BLOCK_LEN])
+{
+	put_le64(out, id->ino);
+	put_le32(out + 8, id->dev);
+	put_le32(out + 12, sector);
 }
 
 /* XTS over one data unit with key 'k' of the selected slot. */
@@ -741,6 +807,112 @@ byok_wal_page_decrypt(char *page, size_t len)
 	wal_page_crypt((const XLogPageHeaderData *) page, false, page, page);
 	memset(page + BYOK_WAL_MARKER_OFF, 0, sizeof(uint32_t));
 	return BYOK_WAL_PAGE_DECRYPTED;
+}
+
+/* --- files --------------------------------------------------------------- */
+
+/*
+ * A file is a sequence of 4096-byte XTS data units (sectors), sector n
+ * under tweak byok_file_tweak(id, n).  XTS encrypts block j of a unit as
+ * E_K1(P ^ T_j) ^ T_j with T_0 = E_K2(tweak), T_(j+1) = T_j * alpha, so
+ * every 16-byte block can be computed on its own: any 16-aligned range of
+ * a sector gives exactly the bytes EVP_aes_256_xts gives for the whole
+ * sector (test_crypto checks it).  A file's last block, when shorter than
+ * 16 bytes, is XORed with AES_K3(T_j) instead: length-preserving, and
+ * rewritten as a whole block once the file grows past it.
+ */
+#define FILE_SECTOR			4096
+#define FILE_SECTOR_BLOCKS	(FILE_SECTOR / BYOK_BLOCK_LEN)
+
+/* T * alpha in GF(2^128), IEEE 1619's little-endian convention. */
+static inline void
+xts_mul_alpha(uint8_t t[BYOK_BLOCK_LEN])
+{
+	uint8_t		carry = t[15] >> 7;
+
+	for (int i = 15; i > 0; i--)
+		t[i] = (uint8_t) ((t[i] << 1) | (t[i - 1] >> 7));
+	t[0] = (uint8_t) ((t[0] << 1) ^ (carry ? 0x87 : 0));
+}
+
+static inline void
+ecb(EVP_CIPHER_CTX *ctx, const uint8_t *in, uint8_t *out, size_t len)
+{
+	int			outl = 0;
+
+	if (EVP_CipherUpdate(ctx, out, &outl, in, (int) len) != 1 || (size_t) outl != len)
+		crypto_bug("AES-256-ECB failed");
+}
+
+/* Blocks [j0, j0 + nblocks) of one sector, plus 'tail' bytes after them. */
+static void
+file_sector_crypt(int c, bool encrypt, const uint8_t tweak[BYOK_BLOCK_LEN],
+				  int j0, int nblocks, size_t tail, uint8_t *buf)
+{
+	uint8_t		masks[FILE_SECTOR];
+	uint8_t		t[BYOK_BLOCK_LEN];
+	size_t		len = (size_t) nblocks * BYOK_BLOCK_LEN;
+
+	ecb(cur->file_k2e[c], tweak, t, BYOK_BLOCK_LEN);
+	for (int j = 0; j < j0; j++)
+		xts_mul_alpha(t);
+	for (int j = 0; j < nblocks; j++)
+	{
+		memcpy(masks + (size_t) j * BYOK_BLOCK_LEN, t, BYOK_BLOCK_LEN);
+		xts_mul_alpha(t);
+	}
+	if (len > 0)
+	{
+		for (size_t i = 0; i < len; i++)
+			buf[i] ^= masks[i];
+		ecb(encrypt ? cur->file_k1e[c] : cur->file_k1d[c], buf, buf, len);
+		for (size_t i = 0; i < len; i++)
+			buf[i] ^= masks[i];
+	}
+	if (tail > 0)
+	{
+		uint8_t		ks[BYOK_BLOCK_LEN];
+
+		ecb(cur->file_tail[c], t, ks, BYOK_BLOCK_LEN);
+		for (size_t i = 0; i < tail; i++)
+			buf[len + i] ^= ks[i];
+		byok_wipe(ks, sizeof(ks));
+	}
+	byok_wipe(masks, len);
+	byok_wipe(t, sizeof(t));
+}
+
+void
+byok_file_crypt(int fclass, const ByokFileId *id, uint64_t off, bool encrypt,
+				char *buf, size_t len)
+{
+	uint64_t	pos = off;
+	uint64_t	end = off + len;
+
+	if (!cur->ready)
+		crypto_bug("file cipher used without keys");
+	if (fclass < 0 || fclass >= N_FILE_KEYS || off % BYOK_BLOCK_LEN != 0)
+		crypto_bug("file cipher used with a bad class or an unaligned offset");
+	while (pos < end)
+	{
+		uint64_t	sector = pos / FILE_SECTOR;
+		uint64_t	sector_end = (sector + 1) * FILE_SECTOR;
+		uint64_t	stop = Min(end, sector_end);
+		int			j0 = (int) ((pos % FILE_SECTOR) / BYOK_BLOCK_LEN);
+		int			nblocks = (int) ((stop - pos) / BYOK_BLOCK_LEN);
+		size_t		tail = (size_t) ((stop - pos) % BYOK_BLOCK_LEN);
+		uint8_t		tweak[BYOK_BLOCK_LEN];
+		uint8_t    *p = (uint8_t *) buf + (pos - off);
+
+		if (sector > UINT32_MAX)
+			crypto_bug("file offset beyond 16 TiB");
+		byok_file_tweak(id, (uint32_t) sector, tweak);
+		if (j0 == 0 && nblocks == FILE_SECTOR_BLOCKS)
+			xts_crypt(XK_FILE(fclass), encrypt, tweak, p, p, FILE_SECTOR);
+		else
+			file_sector_crypt(fclass, encrypt, tweak, j0, nblocks, tail, p);
+		pos = stop;
+	}
 }
 
 /* --- local key wrapping (AES-256-GCM) ----------------------------------- */

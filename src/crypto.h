@@ -166,6 +166,36 @@ extern ByokWalPageKind byok_wal_page_kind(const char *page, size_t len);
  */
 extern ByokWalPageKind byok_wal_page_decrypt(char *page, size_t len);
 
+/* --- files: temporary data and small durable files --- */
+
+/*
+ * Which key protects a file (fileio.c decides from the path): the
+ * ephemeral temp key, made at each start and never stored, or the durable
+ * file key derived from the cluster key material.
+ */
+#define BYOK_FILE_TEMP		0
+#define BYOK_FILE_DURABLE	1
+
+/* What the tweak may know about a file: its inode and device (0 for durable files). */
+typedef struct ByokFileId
+{
+	uint64_t	ino;
+	uint32_t	dev;
+} ByokFileId;
+
+/* File tweak of a 4096-byte sector: le64(inode) || le32(device) || le32(sector). */
+extern void byok_file_tweak(const ByokFileId *id, uint32_t sector,
+							uint8_t out[BYOK_BLOCK_LEN]);
+
+/*
+ * Encrypt or decrypt, in place, the 'len' bytes of a file that start at
+ * offset 'off' (a multiple of 16).  Whole 16-byte blocks are XTS-AES-256
+ * with one data unit per 4096-byte sector; if 'len' is not a multiple of
+ * 16, the last bytes must be the end of the file (a stream tail).
+ */
+extern void byok_file_crypt(int fclass, const ByokFileId *id, uint64_t off,
+							bool encrypt, char *buf, size_t len);
+
 /* --- primitives --- */
 
 extern bool byok_random_bytes(uint8_t *buf, size_t len);

@@ -15,9 +15,11 @@
  * runs in the postmaster at preload time, before any child is forked, so
  * every process inherits the redirection.
  *
- * The same module redirects the executable's GOT slots for the C library's
- * open / close / pread / pwrite / pwritev, which is how WAL segments are
- * read and written (see the second half of this file and wal.c).
+ * The same module redirects the GOT slots for the C library's file calls
+ * (open / close / pread / pwrite / pwritev / read / write / ftruncate /
+ * fopen / fileno) of the executable and of preloaded modules, which is how
+ * WAL segments, temporary files and the other files fileio.c classifies
+ * are read and written (see the second half of this file and fileio.c).
  *
  * Every assumption is checked: the executable's RELRO segment must be
  * found, the md entry must match exactly once with all fifteen pointers,
@@ -36,6 +38,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "miscadmin.h"
 #include "storage/md.h"
 
 #include "byok.h"
@@ -219,43 +222,57 @@ byok_hooks_installed(void)
 	return smgr_installed;
 }
 
-/* --- WAL I/O: the executable's GOT ------------------------------------------- */
+/* --- file I/O: the GOT of the executable and of preloaded modules ---------- */
 
 /*
- * PostgreSQL reads and writes WAL segments with open / close / pread /
- * pwrite / pwritev called from the executable through its GOT.  Debian
- * links with -z now, so those slots are resolved at start-up and live in
- * RELRO.  We find each slot from the executable's PLT relocations
- * (R_X86_64_JUMP_SLOT, by symbol name), check that it holds exactly the
- * libc function dlsym finds, and point it at byok's wrapper.  Calls made by
- * libraries (libc itself, OpenSSL, libcurl, byok) do not go through this
- * GOT and are untouched.
+ * PostgreSQL reads and writes WAL segments, temporary files, SLRU pages
+ * and its other files with open / close / pread / pwrite / pwritev / read
+ * / write / ftruncate (and stdio streams from fopen) called from the
+ * executable through its GOT.  Debian links with -z now, so those slots
+ * are resolved at start-up and live in RELRO.  We find each slot from the
+ * executable's PLT relocations (R_X86_64_JUMP_SLOT, by symbol name), check
+ * that it holds exactly the libc function dlsym finds, and point it at
+ * byok's wrapper (fileio.c).  Calls made by libraries (libc itself,
+ * OpenSSL, libcurl, byok) do not go through this GOT and are untouched.
+ *
+ * Modules from the server's pkglibdir that were preloaded with byok
+ * (pg_stat_statements writes query texts with its own read / pwrite /
+ * ftruncate calls) get the same treatment once all of them are loaded;
+ * in a module, a symbol it does not import is simply not there.
  */
-#define WAL_NSLOTS 5
+#define IO_NSLOTS 10
 
-/* The executable's dynamic section, as found by dl_iterate_phdr. */
-typedef struct ExecDynamic
+static const char *const io_names[IO_NSLOTS] = {
+	"open", "close", "pread", "pwrite", "pwritev",
+	"read", "write", "ftruncate", "fopen", "fileno"
+};
+
+/* One loaded object's dynamic section, as found by dl_iterate_phdr. */
+typedef struct ObjDynamic
 {
 	ElfW(Addr)	base;
 	const ElfW(Dyn) *dyn;
+	char		name[MAXPGPATH];
 	bool		found;
-} ExecDynamic;
+} ObjDynamic;
 
-static ByokWalFuncs wal_originals;
-static bool wal_installed = false;
+static ByokIoFuncs io_originals;
+static void *io_wrapper_slots[IO_NSLOTS];
+static bool io_installed = false;
+static int	io_modules = 0;
 
 static int
 find_dynamic_cb(struct dl_phdr_info *info, size_t size, void *arg)
 {
-	ExecDynamic *ed = (ExecDynamic *) arg;
+	ObjDynamic *od = (ObjDynamic *) arg;
 
 	for (int i = 0; i < info->dlpi_phnum; i++)
 	{
 		if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
 		{
-			ed->base = info->dlpi_addr;
-			ed->dyn = (const ElfW(Dyn) *) (info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
-			ed->found = true;
+			od->base = info->dlpi_addr;
+			od->dyn = (const ElfW(Dyn) *) (info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+			od->found = true;
 		}
 	}
 	return 1;					/* the executable only */
@@ -263,58 +280,46 @@ find_dynamic_cb(struct dl_phdr_info *info, size_t size, void *arg)
 
 /* glibc relocates some d_ptr values in place; others stay file-relative. */
 static uintptr_t
-dyn_ptr(const ExecDynamic *ed, ElfW(Addr) p)
+dyn_ptr(const ObjDynamic *od, ElfW(Addr) p)
 {
-	return p < ed->base ? ed->base + p : p;
+	return p < od->base ? od->base + p : p;
 }
 
-bool
-byok_hooks_install_wal(const ByokWalFuncs *wrappers, ByokError *err)
+/*
+ * Find the JUMP_SLOT GOT entries of io_names in one object.  False (with
+ * 'err') if the object has no PLT relocations at all and 'required'.
+ */
+static bool
+find_io_slots(const ObjDynamic *od, void **slots[IO_NSLOTS], bool required,
+			  ByokError *err)
 {
-	static const char *const names[WAL_NSLOTS] = {"open", "close", "pread", "pwrite", "pwritev"};
-	void	   *want_wrappers[WAL_NSLOTS];
-	void	  **slots[WAL_NSLOTS] = {0};
-	void	   *libc[WAL_NSLOTS];
-	ExecDynamic ed = {0};
 	const ElfW(Rela) *rela = NULL;
 	size_t		relasz = 0;
 	const ElfW(Sym) *symtab = NULL;
 	const char *strtab = NULL;
-	char		detail[256];
+	char		detail[MAXPGPATH + 128];
 
-	if (wal_installed)
-		return true;
-	want_wrappers[0] = (void *) wrappers->open;
-	want_wrappers[1] = (void *) wrappers->close;
-	want_wrappers[2] = (void *) wrappers->pread;
-	want_wrappers[3] = (void *) wrappers->pwrite;
-	want_wrappers[4] = (void *) wrappers->pwritev;
-
-	dl_iterate_phdr(find_dynamic_cb, &ed);
-	if (!ed.found)
-	{
-		byok_error_set(err, "The postgres executable has no PT_DYNAMIC segment.", NULL,
-					   "could not install the byok WAL hooks");
-		return false;
-	}
-	for (const ElfW(Dyn) *d = ed.dyn; d->d_tag != DT_NULL; d++)
+	for (int i = 0; i < IO_NSLOTS; i++)
+		slots[i] = NULL;
+	for (const ElfW(Dyn) *d = od->dyn; d->d_tag != DT_NULL; d++)
 	{
 		if (d->d_tag == DT_JMPREL)
-			rela = (const ElfW(Rela) *) dyn_ptr(&ed, d->d_un.d_ptr);
+			rela = (const ElfW(Rela) *) dyn_ptr(od, d->d_un.d_ptr);
 		else if (d->d_tag == DT_PLTRELSZ)
 			relasz = d->d_un.d_val;
 		else if (d->d_tag == DT_SYMTAB)
-			symtab = (const ElfW(Sym) *) dyn_ptr(&ed, d->d_un.d_ptr);
+			symtab = (const ElfW(Sym) *) dyn_ptr(od, d->d_un.d_ptr);
 		else if (d->d_tag == DT_STRTAB)
-			strtab = (const char *) dyn_ptr(&ed, d->d_un.d_ptr);
+			strtab = (const char *) dyn_ptr(od, d->d_un.d_ptr);
 	}
 	if (rela == NULL || symtab == NULL || strtab == NULL || relasz == 0)
 	{
+		if (!required)
+			return true;
 		byok_error_set(err, "The executable has no PLT relocations (DT_JMPREL).", NULL,
-					   "could not install the byok WAL hooks");
+					   "could not install the byok file I/O hooks");
 		return false;
 	}
-
 	for (size_t r = 0; r < relasz / sizeof(ElfW(Rela)); r++)
 	{
 		const char *name;
@@ -322,69 +327,236 @@ byok_hooks_install_wal(const ByokWalFuncs *wrappers, ByokError *err)
 		if (ELF64_R_TYPE(rela[r].r_info) != R_X86_64_JUMP_SLOT)
 			continue;
 		name = strtab + symtab[ELF64_R_SYM(rela[r].r_info)].st_name;
-		for (int i = 0; i < WAL_NSLOTS; i++)
-			if (strcmp(name, names[i]) == 0)
+		for (int i = 0; i < IO_NSLOTS; i++)
+			if (strcmp(name, io_names[i]) == 0)
 			{
 				if (slots[i] != NULL)
 				{
-					snprintf(detail, sizeof(detail), "Symbol \"%s\" has two PLT slots.", name);
-					byok_error_set(err, detail, NULL, "could not install the byok WAL hooks");
+					snprintf(detail, sizeof(detail), "Symbol \"%s\" has two PLT slots in %s.",
+							 name, od->name);
+					byok_error_set(err, detail, NULL, "could not install the byok file I/O hooks");
 					return false;
 				}
-				slots[i] = (void **) (ed.base + rela[r].r_offset);
+				slots[i] = (void **) (od->base + rela[r].r_offset);
 			}
 	}
+	return true;
+}
 
-	for (int i = 0; i < WAL_NSLOTS; i++)
+/* Point every found slot at its wrapper, then read it back. */
+static bool
+patch_io_slots(const ObjDynamic *od, void **slots[IO_NSLOTS], ByokError *err)
+{
+	char		detail[MAXPGPATH + 128];
+
+	for (int i = 0; i < IO_NSLOTS; i++)
+	{
+		if (slots[i] == NULL)
+			continue;
+		if (!protect_range(slots[i], sizeof(void *), PROT_READ | PROT_WRITE))
+		{
+			byok_error_set(err, NULL, NULL, "could not make the GOT of %s writable: %m", od->name);
+			return false;
+		}
+		*slots[i] = io_wrapper_slots[i];
+		if (!protect_range(slots[i], sizeof(void *), PROT_READ))
+		{
+			byok_error_set(err, NULL, NULL, "could not make the GOT of %s read-only again: %m",
+						   od->name);
+			return false;
+		}
+		if (*slots[i] != io_wrapper_slots[i])
+		{
+			snprintf(detail, sizeof(detail), "The GOT slot of \"%s\" in %s did not read back as written.",
+					 io_names[i], od->name);
+			byok_error_set(err, detail, NULL, "could not install the byok file I/O hooks");
+			return false;
+		}
+	}
+	return true;
+}
+
+bool
+byok_hooks_install_io(const ByokIoFuncs *wrappers, ByokError *err)
+{
+	void	  **slots[IO_NSLOTS];
+	void	   *libc[IO_NSLOTS];
+	ObjDynamic	od = {0};
+	char		detail[256];
+
+	if (io_installed)
+		return true;
+	io_wrapper_slots[0] = (void *) wrappers->open;
+	io_wrapper_slots[1] = (void *) wrappers->close;
+	io_wrapper_slots[2] = (void *) wrappers->pread;
+	io_wrapper_slots[3] = (void *) wrappers->pwrite;
+	io_wrapper_slots[4] = (void *) wrappers->pwritev;
+	io_wrapper_slots[5] = (void *) wrappers->read;
+	io_wrapper_slots[6] = (void *) wrappers->write;
+	io_wrapper_slots[7] = (void *) wrappers->ftruncate;
+	io_wrapper_slots[8] = (void *) wrappers->fopen;
+	io_wrapper_slots[9] = (void *) wrappers->fileno;
+
+	dl_iterate_phdr(find_dynamic_cb, &od);
+	if (!od.found)
+	{
+		byok_error_set(err, "The postgres executable has no PT_DYNAMIC segment.", NULL,
+					   "could not install the byok file I/O hooks");
+		return false;
+	}
+	strlcpy(od.name, "the postgres executable", sizeof(od.name));
+	if (!find_io_slots(&od, slots, true, err))
+		return false;
+
+	for (int i = 0; i < IO_NSLOTS; i++)
 	{
 		if (getenv("BYOK_TEST_BREAK_HOOKS") != NULL && i == 0)
 			slots[i] = NULL;
-		libc[i] = dlsym(RTLD_DEFAULT, names[i]);
+		libc[i] = dlsym(RTLD_DEFAULT, io_names[i]);
 		if (slots[i] == NULL || libc[i] == NULL || *slots[i] != libc[i])
 		{
 			snprintf(detail, sizeof(detail),
 					 slots[i] == NULL ? "The executable has no R_X86_64_JUMP_SLOT relocation for \"%s\"." :
-					 "The GOT slot of \"%s\" does not hold the C library's function.", names[i]);
+					 "The GOT slot of \"%s\" does not hold the C library's function.", io_names[i]);
 			byok_error_set(err, detail,
 						   "This server build does not match what byok was built for; "
 						   "rebuild byok against the installed server (make clean install).",
-						   "could not install the byok WAL hooks");
+						   "could not install the byok file I/O hooks");
 			return false;
 		}
 	}
 
-	wal_originals.open = (ByokOpenFn) libc[0];
-	wal_originals.close = (ByokCloseFn) libc[1];
-	wal_originals.pread = (ByokPreadFn) libc[2];
-	wal_originals.pwrite = (ByokPwriteFn) libc[3];
-	wal_originals.pwritev = (ByokPwritevFn) libc[4];
+	io_originals.open = (ByokOpenFn) libc[0];
+	io_originals.close = (ByokCloseFn) libc[1];
+	io_originals.pread = (ByokPreadFn) libc[2];
+	io_originals.pwrite = (ByokPwriteFn) libc[3];
+	io_originals.pwritev = (ByokPwritevFn) libc[4];
+	io_originals.read = (ByokReadFn) libc[5];
+	io_originals.write = (ByokWriteFn) libc[6];
+	io_originals.ftruncate = (ByokFtruncateFn) libc[7];
+	io_originals.fopen = (ByokFopenFn) libc[8];
+	io_originals.fileno = (ByokFilenoFn) libc[9];
 
-	for (int i = 0; i < WAL_NSLOTS; i++)
-	{
-		if (!protect_range(slots[i], sizeof(void *), PROT_READ | PROT_WRITE))
-		{
-			byok_error_set(err, NULL, NULL, "could not make the GOT writable: %m");
-			return false;
-		}
-		*slots[i] = want_wrappers[i];
-		if (!protect_range(slots[i], sizeof(void *), PROT_READ))
-		{
-			byok_error_set(err, NULL, NULL, "could not make the GOT read-only again: %m");
-			return false;
-		}
-		if (*slots[i] != want_wrappers[i])
-		{
-			snprintf(detail, sizeof(detail), "The GOT slot of \"%s\" did not read back as written.", names[i]);
-			byok_error_set(err, detail, NULL, "could not install the byok WAL hooks");
-			return false;
-		}
-	}
-	wal_installed = true;
+	if (!patch_io_slots(&od, slots, err))
+		return false;
+	io_installed = true;
 	return true;
 }
 
-const ByokWalFuncs *
-byok_hooks_wal_originals(void)
+/* Collect every loaded object from the server's pkglibdir but byok itself. */
+typedef struct ModuleList
 {
-	return &wal_originals;
+	ObjDynamic	mods[64];
+	int			n;
+	bool		overflow;
+} ModuleList;
+
+static int
+find_modules_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	ModuleList *ml = (ModuleList *) arg;
+	size_t		plen = strlen(pkglib_path);
+	Dl_info		self;
+	ObjDynamic *od;
+
+	if (info->dlpi_name == NULL || strncmp(info->dlpi_name, pkglib_path, plen) != 0 ||
+		info->dlpi_name[plen] != '/')
+		return 0;
+	if (dladdr((void *) byok_hooks_install_io_modules, &self) != 0 &&
+		self.dli_fname != NULL && strcmp(self.dli_fname, info->dlpi_name) == 0)
+		return 0;
+	if (ml->n >= (int) lengthof(ml->mods))
+	{
+		ml->overflow = true;
+		return 0;
+	}
+	od = &ml->mods[ml->n];
+	for (int i = 0; i < info->dlpi_phnum; i++)
+		if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
+		{
+			od->base = info->dlpi_addr;
+			od->dyn = (const ElfW(Dyn) *) (info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
+			od->found = true;
+		}
+	if (od->found)
+	{
+		strlcpy(od->name, info->dlpi_name, sizeof(od->name));
+		ml->n++;
+	}
+	return 0;
+}
+
+/*
+ * Redirect the file I/O calls of the modules preloaded with byok.  Runs in
+ * the postmaster once every shared_preload_libraries entry is loaded
+ * (shmem_request_hook), before any child is forked.  A slot that holds
+ * neither the C library's function nor a lazy-binding stub inside its own
+ * module is someone else's redirection: refuse to start.
+ */
+bool
+byok_hooks_install_io_modules(ByokError *err)
+{
+	ModuleList	ml = {0};
+	char		detail[MAXPGPATH + 256];
+
+	if (!io_installed)
+	{
+		byok_error_set(err, NULL, NULL, "the byok file I/O hooks of the executable are missing");
+		return false;
+	}
+	dl_iterate_phdr(find_modules_cb, &ml);
+	if (ml.overflow)
+	{
+		byok_error_set(err, "More than 64 modules are loaded from the server's library directory.",
+					   NULL, "could not install the byok file I/O hooks");
+		return false;
+	}
+	for (int m = 0; m < ml.n; m++)
+	{
+		void	  **slots[IO_NSLOTS];
+		bool		any = false;
+
+		if (!find_io_slots(&ml.mods[m], slots, false, err))
+			return false;
+		for (int i = 0; i < IO_NSLOTS; i++)
+		{
+			void	   *libc = dlsym(RTLD_DEFAULT, io_names[i]);
+			Dl_info		where;
+
+			if (slots[i] == NULL)
+				continue;
+			any = true;
+			if (*slots[i] == libc || *slots[i] == io_wrapper_slots[i])
+				continue;
+			if (dladdr(*slots[i], &where) != 0 && where.dli_fname != NULL &&
+				strcmp(where.dli_fname, ml.mods[m].name) == 0)
+				continue;		/* lazy binding: not resolved yet */
+			snprintf(detail, sizeof(detail),
+					 "The GOT slot of \"%s\" in %s holds neither the C library's function nor a stub of its own.",
+					 io_names[i], ml.mods[m].name);
+			byok_error_set(err, detail,
+						   "Another library redirects this module's file I/O; byok cannot encrypt what it writes.",
+						   "could not install the byok file I/O hooks");
+			return false;
+		}
+		if (any)
+		{
+			if (!patch_io_slots(&ml.mods[m], slots, err))
+				return false;
+			io_modules++;
+		}
+	}
+	return true;
+}
+
+int
+byok_hooks_io_modules(void)
+{
+	return io_modules;
+}
+
+const ByokIoFuncs *
+byok_hooks_io_originals(void)
+{
+	return &io_originals;
 }

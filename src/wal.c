@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * wal.c
- *	  Encrypted WAL: what open / close / pread / pwrite / pwritev on WAL
- *	  segments become once hooks.c has redirected the executable's GOT.
+ *	  Encrypted WAL: what pread / pwrite on WAL segments become once
+ *	  hooks.c has redirected the GOT and fileio.c has classified the
+ *	  descriptor as a WAL segment.
  *
  * Every WAL page is XTS-encrypted under a tweak taken from its own clear
  * header (page address and timeline; crypto.c, docs/wal.md), so the same
@@ -12,9 +13,8 @@
  * harmless as on stock PostgreSQL.  Any reader -- recovery, a walsender, a
  * restore from the archive -- needs only the keyring.
  *
- * Descriptors are classified when opened: pg_wal/<24 hex digits> and
- * pg_wal/RECOVERYXLOG are WAL; every other descriptor passes straight
- * through after one array lookup.  Writes are widened to whole pages (the
+ * fileio.c classifies descriptors when they are opened (pg_wal/<24 hex
+ * digits> and pg_wal/RECOVERYXLOG are WAL) and calls in here.  Writes are widened to whole pages (the
  * walreceiver writes unaligned ranges: the rest of such a page is read,
  * decrypted and merged); reads are widened to whole pages and decrypted,
  * except in a walsender serving BASE_BACKUP, which must ship ciphertext.
@@ -57,38 +57,14 @@ typedef struct ByokWalShared
 	pg_atomic_uint64 pages_decrypted;
 } ByokWalShared;
 
-static ssize_t byok_pread(int fd, void *buf, size_t count, off_t offset);
-static ssize_t byok_pwrite(int fd, const void *buf, size_t count, off_t offset);
-static ssize_t byok_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t offset);
-static int	byok_open(const char *path, int flags,...);
-static int	byok_close(int fd);
-
-static const ByokWalFuncs wal_wrappers = {
-	.open = byok_open,
-	.close = byok_close,
-	.pread = byok_pread,
-	.pwrite = byok_pwrite,
-	.pwritev = byok_pwritev,
-};
-
 /* Pointer to shared state. */
 static ByokWalShared *wal_shared = NULL;
-
-/* Which descriptors are WAL segments (1) -- indexed by fd. */
-static uint8 *wal_fds = NULL;
-static int	wal_fds_size = 0;
 
 /* Per-process page buffer, aligned for O_DIRECT. */
 static char *wal_buf = NULL;
 
 /* Whether this process has said that it read WAL under another key. */
 static bool foreign_warned = false;
-
-const ByokWalFuncs *
-byok_wal_wrappers(void)
-{
-	return &wal_wrappers;
-}
 
 Size
 byok_wal_shmem_size(void)
@@ -132,35 +108,6 @@ byok_wal_is_segment_path(const char *path)
 	return strlen(name) == XLOG_FNAME_LEN && strspn(name, "0123456789ABCDEF") == XLOG_FNAME_LEN;
 }
 
-static inline bool
-fd_is_wal(int fd)
-{
-	return fd >= 0 && fd < wal_fds_size && wal_fds[fd];
-}
-
-static void
-mark_fd(int fd, bool wal)
-{
-	if (fd < 0)
-		return;
-	if (fd >= wal_fds_size)
-	{
-		int			newsize;
-		uint8	   *grown;
-
-		if (!wal)
-			return;
-		newsize = Max(fd + 1, Max(wal_fds_size * 2, 1024));
-		grown = realloc(wal_fds, newsize);
-		if (grown == NULL)
-			elog(PANIC, "byok: out of memory tracking WAL descriptors");
-		memset(grown + wal_fds_size, 0, newsize - wal_fds_size);
-		wal_fds = grown;
-		wal_fds_size = newsize;
-	}
-	wal_fds[fd] = wal ? 1 : 0;
-}
-
 static char *
 page_buffer(void)
 {
@@ -192,42 +139,7 @@ wal_unlock(bool locked)
 		LWLockRelease(wal_shared->lock);
 }
 
-/* A walsender running BASE_BACKUP ships WAL as stored: ciphertext. */
-static inline bool
-raw_reader(void)
-{
-	return am_walsender && MyWalSnd != NULL && MyWalSnd->state == WALSNDSTATE_BACKUP;
-}
-
-/* --- the wrappers ------------------------------------------------------------ */
-
-static int
-byok_open(const char *path, int flags,...)
-{
-	mode_t		mode = 0;
-	int			fd;
-
-	if (flags & (O_CREAT | O_TMPFILE))
-	{
-		va_list		ap;
-
-		va_start(ap, flags);
-		mode = (mode_t) va_arg(ap, int);
-		va_end(ap);
-	}
-	fd = byok_hooks_wal_originals()->open(path, flags, mode);
-	if (fd >= 0)
-		mark_fd(fd, byok_wal_is_segment_path(path));
-	return fd;
-}
-
-static int
-byok_close(int fd)
-{
-	if (fd_is_wal(fd))
-		wal_fds[fd] = 0;
-	return byok_hooks_wal_originals()->close(fd);
-}
+/* --- reads and writes ---------------------------------------------------------- */
 
 /*
  * Read whole pages [first, first + npages) into buf and decrypt them;
@@ -236,7 +148,7 @@ byok_close(int fd)
 static ssize_t
 read_pages(int fd, char *buf, off_t first, int npages, bool decrypt)
 {
-	ssize_t		n = byok_hooks_wal_originals()->pread(fd, buf, (size_t) npages * PAGE, first);
+	ssize_t		n = byok_hooks_io_originals()->pread(fd, buf, (size_t) npages * PAGE, first);
 
 	if (n <= 0 || !decrypt)
 		return n;
@@ -262,18 +174,15 @@ read_pages(int fd, char *buf, off_t first, int npages, bool decrypt)
 	return n;
 }
 
-static ssize_t
-byok_pread(int fd, void *buf, size_t count, off_t offset)
+ssize_t
+byok_wal_pread(int fd, void *buf, size_t count, off_t offset)
 {
 	char	   *pages;
 	size_t		done = 0;
 	bool		locked;
 	bool		decrypt;
 
-	if (!fd_is_wal(fd))
-		return byok_hooks_wal_originals()->pread(fd, buf, count, offset);
-
-	decrypt = !raw_reader();
+	decrypt = !byok_io_raw_reader();
 	pages = page_buffer();
 	locked = wal_lock(LW_SHARED);
 	while (done < count)
@@ -347,15 +256,13 @@ encrypt_pages(const char *src, char *dst, size_t len, off_t first)
  * Write 'count' bytes at 'offset': whole pages, each encrypted under its
  * own header; a page the write covers only in part is completed from disk.
  */
-static ssize_t
-byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
+ssize_t
+byok_wal_pwrite(int fd, const void *buf, size_t count, off_t offset)
 {
 	char	   *pages;
 	size_t		done = 0;
 	bool		locked;
 
-	if (!fd_is_wal(fd))
-		return byok_hooks_wal_originals()->pwrite(fd, buf, count, offset);
 	if (wal_shared == NULL)
 		elog(PANIC, "byok: WAL write before shared memory is set up");
 
@@ -409,7 +316,7 @@ byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
 			errno = EIO;
 			return -1;
 		}
-		n = byok_hooks_wal_originals()->pwrite(fd, pages, wlen, first);
+		n = byok_hooks_io_originals()->pwrite(fd, pages, wlen, first);
 		if (n < 0 || (size_t) n != wlen)
 		{
 			int			save_errno = errno;
@@ -422,26 +329,6 @@ byok_pwrite(int fd, const void *buf, size_t count, off_t offset)
 	}
 	wal_unlock(locked);
 	return (ssize_t) count;
-}
-
-static ssize_t
-byok_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t offset)
-{
-	ssize_t		total = 0;
-
-	if (!fd_is_wal(fd))
-		return byok_hooks_wal_originals()->pwritev(fd, iov, iovcnt, offset);
-	for (int i = 0; i < iovcnt; i++)
-	{
-		ssize_t		n = byok_pwrite(fd, iov[i].iov_base, iov[i].iov_len, offset + total);
-
-		if (n < 0)
-			return total > 0 ? total : -1;
-		total += n;
-		if ((size_t) n < iov[i].iov_len)
-			break;
-	}
-	return total;
 }
 
 /* --- plaintext segments -------------------------------------------------------- */
