@@ -904,6 +904,254 @@ rewrite_relation_files(const ControlFileData *cf, const char *journal,
 	*start_out = start;
 }
 
+/* --- files outside relations and WAL (src/fileio.c's table) ------------------- */
+
+/* Remove everything inside 'dir' (a directory that may not exist); count files. */
+static int
+remove_dir_contents(const char *dir, const char *only_suffix)
+{
+	DIR		   *d = opendir(dir);
+	struct dirent *de;
+	int			n = 0;
+
+	if (d == NULL)
+	{
+		if (errno == ENOENT)
+			return 0;
+		pg_fatal("could not open directory \"%s\": %m", dir);
+	}
+	while ((de = readdir(d)) != NULL)
+	{
+		char		path[MAXPGPATH];
+		struct stat st;
+		size_t		len = strlen(de->d_name);
+
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (only_suffix != NULL &&
+			(len < strlen(only_suffix) || strcmp(de->d_name + len - strlen(only_suffix), only_suffix) != 0))
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+		if (lstat(path, &st) != 0)
+			pg_fatal("could not stat file \"%s\": %m", path);
+		if (S_ISDIR(st.st_mode))
+		{
+			n += remove_dir_contents(path, NULL);
+			if (rmdir(path) != 0)
+				pg_fatal("could not remove directory \"%s\": %m", path);
+		}
+		else
+		{
+			if (unlink(path) != 0)
+				pg_fatal("could not remove file \"%s\": %m", path);
+			n++;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
+/*
+ * Temporary data -- pgsql_tmp of every tablespace, pg_notify, decoding
+ * spill files, pg_stat_tmp -- is removed: the server removes or rewrites
+ * all of it at start anyway, and until then it is plaintext (before byok)
+ * or noise under a temp key that no longer exists.
+ */
+static void
+remove_temp_data(void)
+{
+	char		path[MAXPGPATH];
+	int			n = 0;
+	DIR		   *d;
+	struct dirent *de;
+
+	snprintf(path, sizeof(path), "%s/base/pgsql_tmp", datadir);
+	n += remove_dir_contents(path, NULL);
+	snprintf(path, sizeof(path), "%s/pg_notify", datadir);
+	n += remove_dir_contents(path, NULL);
+	snprintf(path, sizeof(path), "%s/pg_stat_tmp", datadir);
+	n += remove_dir_contents(path, NULL);
+	snprintf(path, sizeof(path), "%s/pg_replslot", datadir);
+	if ((d = opendir(path)) != NULL)
+	{
+		while ((de = readdir(d)) != NULL)
+		{
+			char		slot[MAXPGPATH];
+
+			if (de->d_name[0] == '.')
+				continue;
+			snprintf(slot, sizeof(slot), "%s/%s", path, de->d_name);
+			n += remove_dir_contents(slot, ".spill");
+		}
+		closedir(d);
+	}
+	snprintf(path, sizeof(path), "%s/pg_tblspc", datadir);
+	if ((d = opendir(path)) != NULL)
+	{
+		while ((de = readdir(d)) != NULL)
+		{
+			char		ts[MAXPGPATH];
+			DIR		   *td;
+			struct dirent *tde;
+
+			if (de->d_name[0] == '.')
+				continue;
+			snprintf(ts, sizeof(ts), "%s/%s", path, de->d_name);
+			if ((td = opendir(ts)) == NULL)
+				continue;
+			while ((tde = readdir(td)) != NULL)
+			{
+				char		tmp[MAXPGPATH];
+
+				if (strncmp(tde->d_name, "PG_", 3) != 0)
+					continue;
+				snprintf(tmp, sizeof(tmp), "%s/%s/pgsql_tmp", ts, tde->d_name);
+				n += remove_dir_contents(tmp, NULL);
+			}
+			closedir(td);
+		}
+		closedir(d);
+	}
+	if (n > 0)
+		printf("%s: removed %d temporary files (pgsql_tmp, pg_notify, spill files, pg_stat_tmp; the server would remove them at start)\n",
+			   progname, n);
+}
+
+/* Small files that live across restarts, under the durable file key. */
+static const struct
+{
+	const char *dir;
+	const char *name;			/* NULL: every file in dir */
+	uint32		magic;			/* their first four bytes, in clear */
+}			durable_files[] = {
+	{"pg_twophase", NULL, 0x57F94534},	/* TWOPHASE_MAGIC, twophase.c */
+	{"pg_stat", "pg_stat_statements.stat", 0x20220408},	/* PGSS_FILE_HEADER (15) */
+};
+
+static bool
+has_magic(const char *buf, size_t len, uint32 magic)
+{
+	uint32		m;
+
+	if (len < sizeof(m))
+		return false;
+	memcpy(&m, buf, sizeof(m));
+	return m == magic;
+}
+
+/*
+ * Bring one durable file to the current key: plaintext (before byok,
+ * format 1) or the old key (rotate-data-key) is re-encrypted; a file
+ * already under the current key is left alone, so a resumed run is safe.
+ * Returns true if the file was rewritten.
+ */
+static bool
+recrypt_durable_file(const char *path, uint32 magic)
+{
+	ByokFileId	id = {0, 0};
+	char	   *buf;
+	char	   *probe;
+	off_t		len;
+	int			fd;
+	struct stat st;
+	bool		rewrite = false;
+	char		tmp[MAXPGPATH];
+
+	if ((fd = open(path, O_RDONLY | PG_BINARY, 0)) < 0)
+		pg_fatal("could not open file \"%s\": %m", path);
+	if (fstat(fd, &st) != 0)
+		pg_fatal("could not stat file \"%s\": %m", path);
+	len = st.st_size;
+	if (len > (off_t) 1024 * 1024 * 1024)
+		pg_fatal("file \"%s\" is larger than 1 GB", path);
+	buf = pg_malloc(len + 1);
+	probe = pg_malloc(len + 1);
+	if (read(fd, buf, len) != len)
+		pg_fatal("could not read file \"%s\": %m", path);
+	close(fd);
+
+	memcpy(probe, buf, len);
+	byok_file_crypt(BYOK_FILE_DURABLE, &id, 0, false, probe, len);
+	if (has_magic(probe, len, magic))
+		rewrite = false;		/* already under the current key */
+	else if (has_magic(buf, len, magic))
+		rewrite = true;			/* plaintext */
+	else if (recrypt_mode == RECRYPT_ROTATE)
+	{
+		byok_crypto_select(BYOK_SLOT_OLD);
+		byok_file_crypt(BYOK_FILE_DURABLE, &id, 0, false, buf, len);
+		byok_crypto_select(BYOK_SLOT_CURRENT);
+		rewrite = has_magic(buf, len, magic);
+	}
+	if (!rewrite && !has_magic(probe, len, magic))
+	{
+		pg_log_warning("file \"%s\" is neither plaintext nor under a key this cluster has; left as it is", path);
+		pg_log_warning_hint("PostgreSQL will report it as corrupt; restore it from a backup taken with this keyring.");
+	}
+	byok_wipe(probe, len);
+	pg_free(probe);
+	if (!rewrite)
+	{
+		byok_wipe(buf, len);
+		pg_free(buf);
+		return false;
+	}
+
+	byok_file_crypt(BYOK_FILE_DURABLE, &id, 0, true, buf, len);
+	snprintf(tmp, sizeof(tmp), "%s.byok-tmp", path);
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | PG_BINARY, pg_file_create_mode)) < 0)
+		pg_fatal("could not create file \"%s\": %m", tmp);
+	if (write(fd, buf, len) != len || fsync(fd) != 0)
+		pg_fatal("could not write file \"%s\": %m", tmp);
+	close(fd);
+	if (rename(tmp, path) != 0)
+		pg_fatal("could not rename file \"%s\" to \"%s\": %m", tmp, path);
+	pg_free(buf);
+	return true;
+}
+
+static void
+rewrite_durable_files(void)
+{
+	int			n = 0;
+
+	for (int i = 0; i < (int) lengthof(durable_files); i++)
+	{
+		char		dir[MAXPGPATH];
+		DIR		   *d;
+		struct dirent *de;
+		int			in_dir = 0;
+
+		snprintf(dir, sizeof(dir), "%s/%s", datadir, durable_files[i].dir);
+		if ((d = opendir(dir)) == NULL)
+			continue;
+		while ((de = readdir(d)) != NULL)
+		{
+			char		path[MAXPGPATH];
+
+			if (de->d_name[0] == '.' ||
+				(durable_files[i].name != NULL && strcmp(de->d_name, durable_files[i].name) != 0))
+				continue;
+			snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
+			if (recrypt_durable_file(path, durable_files[i].magic))
+				in_dir++;
+		}
+		closedir(d);
+		if (in_dir > 0)
+		{
+			int			dfd = open(dir, O_RDONLY, 0);
+
+			if (dfd < 0 || fsync(dfd) != 0)
+				pg_fatal("could not fsync directory \"%s\": %m", dir);
+			close(dfd);
+		}
+		n += in_dir;
+	}
+	if (n > 0)
+		printf("%s: encrypted %d files in pg_twophase and pg_stat under the durable file key\n",
+			   progname, n);
+}
+
 /* Every WAL segment to the current key, with a line saying what was done. */
 static void
 rewrite_wal_segments(const ControlFileData *cf)
@@ -1024,6 +1272,8 @@ cmd_enable(void)
 	snprintf(jpath, sizeof(jpath), "%s/%s", datadir, ENABLE_JOURNAL);
 
 	rewrite_wal_segments(cf);
+	rewrite_durable_files();
+	remove_temp_data();
 
 	strcpy(kr.state, BYOK_STATE_ENABLED);
 	if (!keyring_write(datadir, &kr, &err))
@@ -1091,6 +1341,8 @@ finish_recrypt(const ControlFileData *cf, ByokKeyring *kr, const char *what)
 
 	rewrite_relation_files(cf, RECRYPT_JOURNAL, &files, &bytes, &start);
 	rewrite_wal_segments(cf);
+	rewrite_durable_files();
+	remove_temp_data();
 
 	/* the new material becomes the only one; the old is gone from the keyring */
 	kr->format = kr->recrypt_format;
