@@ -19,6 +19,11 @@
 # failure; so does a build that fails or warns in our own files.  The exit
 # status is non-zero whenever anything failed.
 #
+# The suite needs the test build (make BYOK_TEST_HOOKS=1: test-only
+# switches such as BYOK_TEST_BREAK_HOOKS compiled in); as root this script
+# installs it for the run and puts the release build ("make install", what
+# users get) back when it is done.
+#
 # Environment: PROVE_TESTS="test/t/000_scanner.pl ..." runs a subset of the
 # TAP tests; BYOK_KEEP_WORKDIR=1 keeps the root run's work directory even
 # when everything passed.
@@ -114,7 +119,8 @@ built=1
 if [[ $as_root -eq 1 ]]; then
 	say "build and install (root, in $repo)"
 	cd "$repo" || die "cannot cd to $repo"
-	{ build_step build-root make -s && build_step install make -s install; } || built=0
+	{ build_step build-root make -s BYOK_TEST_HOOKS=1 &&
+		build_step install make -s BYOK_TEST_HOOKS=1 install; } || built=0
 
 	if ! id -u "$test_user" >/dev/null 2>&1; then
 		say "create user $test_user"
@@ -135,17 +141,17 @@ if [[ $as_root -eq 1 ]]; then
 	if [[ $built -eq 1 ]]; then
 		say "build as $test_user in $src"
 		in_tree make -s clean >/dev/null 2>&1
-		build_step build-user in_tree make -s || built=0
+		build_step build-user in_tree make -s BYOK_TEST_HOOKS=1 || built=0
 	fi
 else
 	say "build (as $(id -un), in $repo)"
-	build_step build make -s || built=0
+	build_step build make -s BYOK_TEST_HOOKS=1 || built=0
 	if [[ $built -eq 1 ]]; then
 		pkglibdir=$(pg_config --pkglibdir)
 		bindir=$(pg_config --bindir)
 		sharedir=$(pg_config --sharedir)/extension
 		if [[ -w $pkglibdir && -w $bindir && -w $sharedir ]]; then
-			build_step install make -s install || built=0
+			build_step install make -s BYOK_TEST_HOOKS=1 install || built=0
 		else
 			echo "test.sh: not root and $pkglibdir is not writable: skipping" \
 				"'make install'; the tests use the byok already installed there"
@@ -276,6 +282,13 @@ for suite in "${suites[@]}"; do
 		state[$suite]="NOT RUN (build failed)"
 	fi
 done
+
+# As root: leave the release build installed, not the test build.
+if [[ $as_root -eq 1 && $built -eq 1 ]]; then
+	say "reinstall the release build"
+	(cd "$repo" && make -s && make -s install) >"$logs/install-release.log" 2>&1 ||
+		echo "test.sh: reinstalling the release build failed, see $logs/install-release.log" >&2
+fi
 
 # ---------------------------------------------------------------------------
 # Summary.

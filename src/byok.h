@@ -18,6 +18,18 @@
 
 #define BYOK_VERSION	"1.0"
 
+/*
+ * Test-only switches (environment variables that make byok misbehave on
+ * purpose) exist only in the test build, "make BYOK_TEST_HOOKS=1", which
+ * scripts/test.sh builds for the suite.  A release build ("make", "make
+ * install") compiles them out and ignores the environment.
+ */
+#ifdef BYOK_TEST_HOOKS
+#define BYOK_TEST_SWITCH(name)	(getenv(name) != NULL)
+#else
+#define BYOK_TEST_SWITCH(name)	false
+#endif
+
 /* md.c's read / write / extend, as PostgreSQL 15 declares them (md.h). */
 typedef void (*ByokMdReadFn) (SMgrRelation reln, ForkNumber forknum,
 							  BlockNumber blocknum, char *buffer);
