@@ -132,15 +132,16 @@ bool
 keystate_change_keyring(KeystateChange change, void *arg, ByokKeyring *result,
 						bool *kms_failed, ByokError *err)
 {
-	ByokKeyring *before = palloc(sizeof(ByokKeyring));
-	ByokKeyring *after = palloc(sizeof(ByokKeyring));
-	ByokKeyring *now = palloc(sizeof(ByokKeyring));
+	ByokKeyring *buf = palloc(3 * sizeof(ByokKeyring));
+	ByokKeyring *before = &buf[0];
+	ByokKeyring *after = &buf[1];
+	ByokKeyring *now = &buf[2];
 	ByokRootKey root;
-	bool		ok;
+	bool		ok = false;
 
 	*kms_failed = false;
 	if (!read_keyring_locked(before, LW_SHARED, err))
-		return false;
+		goto done;
 	memcpy(after, before, sizeof(ByokKeyring));
 	keystate_root_key(before, &root);
 
@@ -148,17 +149,17 @@ keystate_change_keyring(KeystateChange change, void *arg, ByokKeyring *result,
 	if (!change(after, &root, arg, err))
 	{
 		*kms_failed = true;
-		return false;
+		goto done;
 	}
 
 	if (!read_keyring_locked(now, LW_EXCLUSIVE, err))
-		return false;
+		goto done;
 	if (memcmp(now, before, sizeof(ByokKeyring)) != 0)
 	{
 		LWLockRelease(byok_shared->lock);
 		byok_error_set(err, "Another session or the key watchdog changed the keyring while Key Protect was working on it; nothing was written.",
 					   "Try again.", "the keyring changed meanwhile");
-		return false;
+		goto done;
 	}
 	ok = keyring_write(DataDir, after, err);
 	if (ok)
@@ -170,9 +171,11 @@ keystate_change_keyring(KeystateChange change, void *arg, ByokKeyring *result,
 	LWLockRelease(byok_shared->lock);
 	if (ok && result != NULL)
 		memcpy(result, after, sizeof(ByokKeyring));
-	pfree(before);
-	pfree(after);
-	pfree(now);
+
+done:
+	/* 'after' may hold a freshly wrapped key: not secret, but wipe anyway */
+	byok_wipe(buf, 3 * sizeof(ByokKeyring));
+	pfree(buf);
 	return ok;
 }
 

@@ -53,6 +53,7 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -154,11 +155,15 @@ void
 byok_watchdog_main(Datum main_arg)
 {
 	int			starts;
+	MemoryContext poll_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	keystate_install_kms_interrupts();
+	/* what one poll allocates (messages, keyrings) is freed after it */
+	poll_cxt = AllocSetContextCreate(TopMemoryContext, "byok key watchdog poll",
+									 ALLOCSET_DEFAULT_SIZES);
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	shared->watchdog_pid = MyProcPid;
@@ -177,10 +182,11 @@ byok_watchdog_main(Datum main_arg)
 				(errmsg("byok key watchdog started again (start %d since the server started): polling Key Protect every %d s",
 						starts, byok_settings.kms_poll_interval)));
 
-	for (;;)
+	for (bool first = true;; first = false)
 	{
+		/* started again: poll at once, the gap since the last poll is long enough */
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 watchdog_next_wait_ms(), PG_WAIT_EXTENSION);
+						 first && starts > 1 ? 0L : watchdog_next_wait_ms(), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
@@ -190,7 +196,10 @@ byok_watchdog_main(Datum main_arg)
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
+		MemoryContextSwitchTo(poll_cxt);
 		watchdog_poll();
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(poll_cxt);
 		if (ShutdownRequestPending)
 			watchdog_exit_on_sigterm("byok key watchdog");
 	}
