@@ -47,13 +47,16 @@ if [[ $(id -u) -eq 0 ]]; then
 	as_root=1
 	# One root run at a time: each installs byok system-wide, and a second
 	# run would swap the library under the first one's servers.
+	# Only this shell holds fd 9: every command below gets "9>&-", or a
+	# process a test leaves behind (a pg_recvlogical, a server) would hold
+	# the lock after this run ends and block every later run.
 	exec 9>/run/lock/byok-test.lock
 	if ! flock -n 9; then
 		echo "test.sh: another test run holds /run/lock/byok-test.lock; waiting for it"
 		flock 9 || die "could not lock /run/lock/byok-test.lock"
 	fi
 	say "install dependencies"
-	bash "$repo/scripts/install-deps.sh" || die "scripts/install-deps.sh failed"
+	bash "$repo/scripts/install-deps.sh" 9>&- || die "scripts/install-deps.sh failed"
 	workdir=$(mktemp -d /tmp/byok-test.XXXXXX) || die "mktemp failed"
 	src=$workdir/src
 else
@@ -80,9 +83,9 @@ in_tree() {
 		for v in PG_TEST_TIMEOUT_DEFAULT PG_TEST_EXTRA PG_TEST_NOCLEAN; do
 			[[ -n ${!v:-} ]] && envv+=("$v=${!v}")
 		done
-		(cd "$src" && runuser -u "$test_user" -- env -i "${envv[@]}" "$@")
+		(cd "$src" && runuser -u "$test_user" -- env -i "${envv[@]}" "$@" 9>&-)
 	else
-		(cd "$src" && "$@")
+		(cd "$src" && "$@" 9>&-)
 	fi
 }
 
@@ -95,7 +98,7 @@ build_step() {
 	local name=$1
 	shift
 	local log=$logs/$name.log
-	"$@" 2>&1 | tee "$log"
+	"$@" 9>&- 2>&1 | tee "$log"
 	local rc=${PIPESTATUS[0]}
 	if [[ $rc -ne 0 ]]; then
 		echo "test.sh: build step '$name' failed (exit $rc), see $log" >&2
@@ -286,7 +289,7 @@ done
 # As root: leave the release build installed, not the test build.
 if [[ $as_root -eq 1 && $built -eq 1 ]]; then
 	say "reinstall the release build"
-	(cd "$repo" && make -s && make -s install) >"$logs/install-release.log" 2>&1 ||
+	(cd "$repo" && make -s && make -s install) 9>&- >"$logs/install-release.log" 2>&1 ||
 		echo "test.sh: reinstalling the release build failed, see $logs/install-release.log" >&2
 fi
 
