@@ -3,7 +3,7 @@ EXTENSION = byok
 MODULE_big = byok
 EXTVERSION = 1.0
 
-OBJS = src/byok.o src/aes_hw.o src/checksum_avx2.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/smgr.o src/wal.o src/fileio.o src/watchdog.o
+OBJS = src/byok.o src/aes_hw.o src/checksum_avx2.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/smgr.o src/wal.o src/fileio.o src/watchdog.o src/keystate.o src/sqlfuncs.o
 DATA = byok--$(EXTVERSION).sql
 
 # Frontend program and unit tests share the crypto core and keyring code,
@@ -22,8 +22,18 @@ SHLIB_LINK = $(shell pkg-config --libs $(DEPS))
 # Our own files build with -Wall -Wextra; the PostgreSQL headers (ilist.h,
 # bufpage.h, fmgr.h) trip only -Wunused-parameter.
 PG_CFLAGS = -std=gnu99 -Wall -Wextra -Wno-unused-parameter
+
+# "make BYOK_TEST_HOOKS=1": the test build, with the test-only switches
+# (BYOK_TEST_SWITCH in src/byok.h) compiled in; scripts/test.sh builds and
+# installs it for the suite.  Plain "make" / "make install" never has them.
+# The build flavour is remembered in .byok-flavour so that switching it
+# rebuilds what it changes.
+BYOK_FLAVOUR = $(if $(filter 1,$(BYOK_TEST_HOOKS)),test,release)
+ifeq ($(BYOK_FLAVOUR),test)
+PG_CPPFLAGS += -DBYOK_TEST_HOOKS
+endif
 EXTRA_CLEAN = $(FE_OBJS) src/pg_byok.fe.o src/crypto_v1.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
-	test/unit/*.o test/unit/make_format1 test/bench/bench_page test/bench/*.o
+	test/unit/*.o test/unit/make_format1 test/bench/bench_page test/bench/*.o .byok-flavour
 
 # No JIT bitcode for this module: it has no SQL-callable hot paths.
 override with_llvm = no
@@ -43,6 +53,12 @@ FE_LIBS = -L$(pkglibdir) -lpgcommon -lpgport $(shell pkg-config --libs $(DEPS)) 
 ifeq ($(shell uname -m),x86_64)
 src/checksum_avx2.o src/checksum_avx2.fe.o: CFLAGS += -mavx2 -funroll-loops -ftree-vectorize
 endif
+
+.byok-flavour: FORCE
+	@echo $(BYOK_FLAVOUR) | cmp -s - $@ || echo $(BYOK_FLAVOUR) > $@
+$(OBJS): .byok-flavour
+.PHONY: FORCE
+FORCE:
 
 %.fe.o: %.c
 	$(CC) $(CFLAGS) $(FE_CPPFLAGS) -c -o $@ $<

@@ -36,7 +36,13 @@ CREATE FUNCTION byok_status(
     OUT backup_key_state text,
     OUT wal_pages_encrypted bigint,
     OUT wal_pages_decrypted bigint,
-    OUT cipher_implementation text)
+    OUT cipher_implementation text,
+    OUT last_poll_attempt timestamptz,
+    OUT last_poll_success timestamptz,
+    OUT heartbeat_age double precision,
+    OUT watchdog_stale boolean,
+    OUT watchdog_starts integer,
+    OUT revoked_since timestamptz)
 RETURNS record
 AS 'MODULE_PATHNAME', 'byok_status'
 LANGUAGE C STRICT PARALLEL SAFE;

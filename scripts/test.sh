@@ -19,6 +19,11 @@
 # failure; so does a build that fails or warns in our own files.  The exit
 # status is non-zero whenever anything failed.
 #
+# The suite needs the test build (make BYOK_TEST_HOOKS=1: test-only
+# switches such as BYOK_TEST_BREAK_HOOKS compiled in); as root this script
+# installs it for the run and puts the release build ("make install", what
+# users get) back when it is done.
+#
 # Environment: PROVE_TESTS="test/t/000_scanner.pl ..." runs a subset of the
 # TAP tests; BYOK_KEEP_WORKDIR=1 keeps the root run's work directory even
 # when everything passed.
@@ -52,7 +57,7 @@ if [[ $(id -u) -eq 0 ]]; then
 		exec flock -o "$lock" env BYOK_TEST_LOCKED=1 bash "${BASH_SOURCE[0]}" "$@"
 	fi
 	say "install dependencies"
-	bash "$repo/scripts/install-deps.sh" || die "scripts/install-deps.sh failed"
+	bash "$repo/scripts/install-deps.sh" 9>&- || die "scripts/install-deps.sh failed"
 	workdir=$(mktemp -d /tmp/byok-test.XXXXXX) || die "mktemp failed"
 	src=$workdir/src
 else
@@ -79,9 +84,9 @@ in_tree() {
 		for v in PG_TEST_TIMEOUT_DEFAULT PG_TEST_EXTRA PG_TEST_NOCLEAN; do
 			[[ -n ${!v:-} ]] && envv+=("$v=${!v}")
 		done
-		(cd "$src" && runuser -u "$test_user" -- env -i "${envv[@]}" "$@")
+		(cd "$src" && runuser -u "$test_user" -- env -i "${envv[@]}" "$@" 9>&-)
 	else
-		(cd "$src" && "$@")
+		(cd "$src" && "$@" 9>&-)
 	fi
 }
 
@@ -94,7 +99,7 @@ build_step() {
 	local name=$1
 	shift
 	local log=$logs/$name.log
-	"$@" 2>&1 | tee "$log"
+	"$@" 9>&- 2>&1 | tee "$log"
 	local rc=${PIPESTATUS[0]}
 	if [[ $rc -ne 0 ]]; then
 		echo "test.sh: build step '$name' failed (exit $rc), see $log" >&2
@@ -118,7 +123,8 @@ built=1
 if [[ $as_root -eq 1 ]]; then
 	say "build and install (root, in $repo)"
 	cd "$repo" || die "cannot cd to $repo"
-	{ build_step build-root make -s && build_step install make -s install; } || built=0
+	{ build_step build-root make -s BYOK_TEST_HOOKS=1 &&
+		build_step install make -s BYOK_TEST_HOOKS=1 install; } || built=0
 
 	if ! id -u "$test_user" >/dev/null 2>&1; then
 		say "create user $test_user"
@@ -139,17 +145,17 @@ if [[ $as_root -eq 1 ]]; then
 	if [[ $built -eq 1 ]]; then
 		say "build as $test_user in $src"
 		in_tree make -s clean >/dev/null 2>&1
-		build_step build-user in_tree make -s || built=0
+		build_step build-user in_tree make -s BYOK_TEST_HOOKS=1 || built=0
 	fi
 else
 	say "build (as $(id -un), in $repo)"
-	build_step build make -s || built=0
+	build_step build make -s BYOK_TEST_HOOKS=1 || built=0
 	if [[ $built -eq 1 ]]; then
 		pkglibdir=$(pg_config --pkglibdir)
 		bindir=$(pg_config --bindir)
 		sharedir=$(pg_config --sharedir)/extension
 		if [[ -w $pkglibdir && -w $bindir && -w $sharedir ]]; then
-			build_step install make -s install || built=0
+			build_step install make -s BYOK_TEST_HOOKS=1 install || built=0
 		else
 			echo "test.sh: not root and $pkglibdir is not writable: skipping" \
 				"'make install'; the tests use the byok already installed there"
@@ -280,6 +286,13 @@ for suite in "${suites[@]}"; do
 		state[$suite]="NOT RUN (build failed)"
 	fi
 done
+
+# As root: leave the release build installed, not the test build.
+if [[ $as_root -eq 1 && $built -eq 1 ]]; then
+	say "reinstall the release build"
+	(cd "$repo" && make -s && make -s install) 9>&- >"$logs/install-release.log" 2>&1 ||
+		echo "test.sh: reinstalling the release build failed, see $logs/install-release.log" >&2
+fi
 
 # ---------------------------------------------------------------------------
 # Summary.

@@ -19,6 +19,18 @@
 
 #define BYOK_VERSION	"1.0"
 
+/*
+ * Test-only switches (environment variables that make byok misbehave on
+ * purpose) exist only in the test build, "make BYOK_TEST_HOOKS=1", which
+ * scripts/test.sh builds for the suite.  A release build ("make", "make
+ * install") compiles them out and ignores the environment.
+ */
+#ifdef BYOK_TEST_HOOKS
+#define BYOK_TEST_SWITCH(name)	(getenv(name) != NULL)
+#else
+#define BYOK_TEST_SWITCH(name)	false
+#endif
+
 /* md.c's read / write / extend, as PostgreSQL 15 declares them (md.h). */
 typedef void (*ByokMdReadFn) (SMgrRelation reln, ForkNumber forknum,
 							  BlockNumber blocknum, char *buffer);
@@ -89,47 +101,17 @@ extern void byok_smgr_stats(ByokPageStats *stats);
 extern void byok_smgr_page_id(SMgrRelation reln, ForkNumber forknum,
 							  BlockNumber blkno, ByokPageId *id);
 
-/* byok.c: key state shared by all processes (keyring updates: lock) */
-typedef enum ByokKmsHealth
-{
-	BYOK_KMS_UNKNOWN = 0,
-	BYOK_KMS_OK,
-	BYOK_KMS_DEGRADED,
-	BYOK_KMS_LOCKED
-} ByokKmsHealth;
-
-typedef struct ByokSharedState
-{
-	LWLock	   *lock;
-	char		key_version[128];
-	int			key_state;		/* Key Protect state, -1 unknown */
-	TimestampTz last_contact;	/* last successful Key Protect answer */
-	TimestampTz last_error_at;
-	char		last_error[512];
-	ByokKmsHealth health;		/* as the watchdog sees it */
-	TimestampTz degraded_since;
-	TimestampTz synced_at;		/* last rotation synced by the watchdog */
-	int			watchdog_pid;
-	TimestampTz watchdog_started;
-	int			watchdog_starts;	/* since shared memory was set up */
-	char		backup_key_version[128];
-	int			backup_key_state;	/* Key Protect state, -1 unknown */
-} ByokSharedState;
-
-extern PGDLLIMPORT ByokSharedState *byok_shared;
-extern int	byok_kms_poll_interval;
-extern int	byok_lock_when_unreachable_for;
-extern char *byok_backup_key_crn;
-
+/* byok.c: start-up and configuration (the shared key state: keystate.h) */
 struct ByokKeyring;
-struct ByokRootKey;
-extern void byok_root_key_from_gucs(const struct ByokKeyring *kr, struct ByokRootKey *root);
-extern void byok_note_kms_outcome(bool ok, const ByokError *err, int key_state);
-extern char *byok_rewrap_keyring(const char *reason);
+extern void byok_report(int elevel, int sqlstate, const ByokError *err);
+extern const struct ByokKeyring *byok_startup_keyring(void);
+extern bool byok_data_checksums(void);
 
 /* watchdog.c: the key watchdog background worker */
-extern void byok_watchdog_register(void);
+#define BYOK_WATCHDOG_RESTART_S	1	/* bgw_restart_time of both workers */
+extern void byok_watchdog_register(bool keyprotect);
 extern PGDLLEXPORT void byok_watchdog_main(Datum main_arg);
+extern PGDLLEXPORT void byok_watchdog_monitor_main(Datum main_arg);
 
 /* fileio.c: the I/O wrappers and the one table that classifies files */
 extern const ByokIoFuncs *byok_io_wrappers(void);

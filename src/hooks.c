@@ -86,7 +86,7 @@ expected_md_entry(void *slots[SMGR_NSLOTS])
 	slots[14] = (void *) mdimmedsync;
 
 	/* test-only: simulate a server whose switch does not match */
-	if (getenv("BYOK_TEST_BREAK_HOOKS") != NULL)
+	if (BYOK_TEST_SWITCH("BYOK_TEST_BREAK_HOOKS"))
 		slots[14] = (void *) mdinit;
 }
 
@@ -410,7 +410,7 @@ byok_hooks_install_io(const ByokIoFuncs *wrappers, ByokError *err)
 
 	for (int i = 0; i < IO_NSLOTS; i++)
 	{
-		if (getenv("BYOK_TEST_BREAK_HOOKS") != NULL && i == 0)
+		if (BYOK_TEST_SWITCH("BYOK_TEST_BREAK_HOOKS") && i == 0)
 			slots[i] = NULL;
 		libc[i] = dlsym(RTLD_DEFAULT, io_names[i]);
 		if (slots[i] == NULL || libc[i] == NULL || *slots[i] != libc[i])

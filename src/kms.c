@@ -341,6 +341,25 @@ url_is_loopback_http(const char *url)
 		strncmp(url, "http://[::1]", 12) == 0;
 }
 
+/* kms_set_wait_hooks(): how a server process is interrupted and sleeps. */
+static KmsInterruptedFn kms_interrupted = NULL;
+static KmsSleepFn kms_sleep = NULL;
+
+void
+kms_set_wait_hooks(KmsInterruptedFn interrupted, KmsSleepFn sleep)
+{
+	kms_interrupted = interrupted;
+	kms_sleep = sleep;
+}
+
+/* curl's progress callback: non-zero aborts the transfer. */
+static int
+kms_progress_cb(void *arg, curl_off_t dltotal, curl_off_t dlnow,
+				curl_off_t ultotal, curl_off_t ulnow)
+{
+	return kms_interrupted != NULL && kms_interrupted() ? 1 : 0;
+}
+
 /*
  * One HTTP exchange.  Returns the curl code; fills http_status, body and
  * headers.  'body' may hold secrets: callers wipe it.
@@ -384,6 +403,11 @@ http_once(const ByokKmsConfig *cfg, const char *method, const char *url,
 	curl_easy_setopt(curl, CURLOPT_WRITEDATA, body);
 	curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, header_cb);
 	curl_easy_setopt(curl, CURLOPT_HEADERDATA, hdrs);
+	if (kms_interrupted != NULL)
+	{
+		curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, kms_progress_cb);
+		curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+	}
 	rc = curl_easy_perform(curl);
 	*http_status = 0;
 	if (rc == CURLE_OK)
@@ -515,6 +539,13 @@ kms_request(const ByokKmsConfig *cfg, const char *what, const char *method,
 		{
 			snprintf(res->message, sizeof(res->message), "%s",
 					 errbuf[0] ? errbuf : curl_easy_strerror(rc));
+			if (rc == CURLE_ABORTED_BY_CALLBACK)
+			{
+				res->status = KMS_ERR_NETWORK;
+				snprintf(res->message, sizeof(res->message), "%s",
+						 "the request was interrupted (cancelled or shutting down)");
+				break;
+			}
 			if (curl_is_tls_error(rc))
 				res->status = KMS_ERR_TLS;
 			else if (rc == CURLE_OPERATION_TIMEDOUT)
@@ -558,7 +589,10 @@ kms_request(const ByokKmsConfig *cfg, const char *what, const char *method,
 				what, attempt, max_attempts,
 				http ? "HTTP " : "", http ? psprintf("%ld", http) : "",
 				http ? "" : res->message, wait_s, correlation_id);
-		pg_usleep((long) (wait_s * 1000000L));
+		if (kms_sleep == NULL)
+			pg_usleep((long) (wait_s * 1000000L));
+		else if (!kms_sleep((long) (wait_s * 1000.0)))
+			break;				/* interrupted: no further attempt */
 	}
 	res->duration_ms = mono_ms() - start;
 	return false;

@@ -145,4 +145,16 @@ extern void kms_describe_failure(const ByokKmsConfig *cfg, const char *action,
 /* Drop the cached IAM token (and wipe it). */
 extern void kms_forget_token(void);
 
+/*
+ * Server processes install these so that a request in flight or a retry
+ * backoff ends early when the process is cancelled or asked to stop (NULL,
+ * the default: block, as pg_byok and the postmaster at start-up do).
+ * 'interrupted' is polled about once a second during a transfer; 'sleep'
+ * waits up to 'ms' and returns false if it was interrupted.  An interrupted
+ * request fails with KMS_ERR_NETWORK and is not retried.
+ */
+typedef bool (*KmsInterruptedFn) (void);
+typedef bool (*KmsSleepFn) (long ms);
+extern void kms_set_wait_hooks(KmsInterruptedFn interrupted, KmsSleepFn sleep);
+
 #endif							/* BYOK_KMS_H */

@@ -1,5 +1,7 @@
 # The key watchdog (poll interval 1 s): rotation synced, degraded while Key
-# Protect is down, strict mode, restarts after SIGKILL, and the lock when
+# Protect is down, strict mode, its own health in byok_status, back after
+# SIGTERM (3x) and SIGKILL (3x), no lock held across a hung Key Protect call
+# (byok_status answers, a cancel ends byok_rotate_key), and the lock when
 # the key is deleted or disabled -- with every committed transaction back
 # once the key is usable again.
 use strict;
@@ -77,15 +79,101 @@ $emu = start_emulator(state_dir => $emu->{state_dir}, args => [ '--port', $port 
 ok($node->poll_query_until('postgres', "SELECT kms_status = 'ok' FROM byok_status()"),
 	'emulator back: status ok again');
 
-# --- the watchdog killed three times ---------------------------------------------------------
+# --- the watchdog's own health in byok_status ---------------------------------------------
+ok($node->poll_query_until('postgres',
+		'SELECT last_poll_attempt IS NOT NULL AND last_poll_success IS NOT NULL AND heartbeat_age < 3 '
+		  . 'AND NOT watchdog_stale AND watchdog_starts >= 1 FROM byok_status()'),
+	'byok_status: last poll attempt, last success, a fresh heartbeat');
+
+# --- the watchdog terminated three times: it always comes back ------------------------------
+# SIGTERM outside a shutdown exits with code 1, so the postmaster starts it
+# again after bgw_restart_time (1 s); code 0 would remove it for good.
+sub watchdog_back
+{
+	my ($old_pid) = @_;
+	return wait_for(30, sub {
+		my ($r, $o) = $node->psql('postgres', 'SELECT watchdog_pid FROM byok_status()');
+		return $r == 0 && $o =~ /^\d+$/ && $o ne $old_pid && kill(0, $o);
+	});
+}
+
+my $restart_interval = 1;    # bgw_restart_time
+for my $n (1 .. 3)
+{
+	my $pid = status('watchdog_pid');
+	my $offset = -s $node->logfile;
+	kill 'TERM', $pid;
+	my $took = watchdog_back($pid);
+	note(sprintf('watchdog back %.2f s after SIGTERM %d (restart interval %d s)', $took // -1, $n, $restart_interval));
+	ok(defined $took && $took <= $restart_interval + 3,
+		"watchdog SIGTERM ($n): back within its restart interval + 3 s (" . (defined $took ? sprintf('%.2f', $took) : 'never') . ' s)');
+	my $log = slurp_file($node->logfile, $offset);
+	like($log, qr/LOG:  byok key watchdog terminated by SIGTERM; the postmaster starts it again in 1 s/,
+		"watchdog SIGTERM ($n): logged at LOG");
+	like($log, qr/LOG:  byok key watchdog started again \(start \d+ since the server started\)/,
+		"watchdog SIGTERM ($n): its start again logged");
+}
+is(status('watchdog_starts'), '4', 'byok_status counts the starts');
+
+# SIGKILL is a crash: the postmaster restarts the whole cluster
 for my $n (1 .. 3)
 {
 	my $pid = status('watchdog_pid');
 	kill 'KILL', $pid;
-	ok($node->poll_query_until('postgres',
-			"SELECT watchdog_pid IS NOT NULL AND watchdog_pid <> $pid FROM byok_status()"),
-		"watchdog killed with SIGKILL ($n): restarted");
+	my $took = watchdog_back($pid);
+	note(sprintf('watchdog back %.2f s after SIGKILL %d (crash restart of the cluster)', $took // -1, $n));
+	ok(defined $took && $took <= $restart_interval + 10,
+		"watchdog killed with SIGKILL ($n): back (" . (defined $took ? sprintf('%.2f', $took) : 'never') . ' s)');
 }
+ok($node->poll_query_until('postgres', "SELECT kms_status = 'ok' AND NOT watchdog_stale FROM byok_status()"),
+	'after the kills: status ok, heartbeat fresh');
+
+# --- no lock across I/O: a Key Protect call that hangs for 30 s --------------------------------
+# byok_rotate_key() rotates, then its rewrap hangs (the emulator answers
+# after 30 s); byok_status() must not wait for it, and a cancel ends it.
+$node->append_conf('postgresql.conf', "byok.kms_timeout = 60\n");
+$node->reload;
+ok($node->poll_query_until('postgres', "SELECT current_setting('byok.kms_timeout') = '1min'"), 'request timeout 60 s');
+kpctl($emu, 'config', '--rotate-interval', '0');    # the key was rotated minutes ago
+kpctl($emu, 'fault', '--kind', 'latency', '--delay', '30', '--count', '2', '--path-contains', '/actions/rewrap');
+my ($rot_out, $rot_err) = ('', '');
+my $rotator = IPC::Run::start(
+	[ 'psql', '-X', '-h', $node->host, '-p', $node->port, '-d', 'postgres', '-c', 'SELECT byok_rotate_key()' ],
+	'>', \$rot_out, '2>', \$rot_err, init => sub { $ENV{PGAPPNAME} = 'rotator' });
+my $rot_pid;
+ok(defined wait_for(20, sub {
+	$rot_pid = $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE application_name = 'rotator' AND state = 'active' "
+		  . "AND now() - query_start > interval '2 s'");
+	return $rot_pid =~ /^\d+$/ }), 'byok_rotate_key() is waiting for the hung rewrap');
+my $worst = 0;
+for my $i (1 .. 3)
+{
+	my $t0 = time;
+	my $st = $node->safe_psql('postgres', 'SELECT kms_status FROM byok_status()');
+	my $took = time - $t0;
+	$worst = $took if $took > $worst;
+	usleep(200_000);
+}
+note(sprintf('byok_status() during a hung Key Protect call: slowest of 3 calls %.3f s', $worst));
+cmp_ok($worst, '<', 1, sprintf('byok_status() returns within 1 s while a Key Protect call hangs (%.3f s)', $worst));
+my $t_cancel = time;
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($rot_pid)");
+my $cancelled = wait_for(20, sub {
+	$node->safe_psql('postgres',
+		"SELECT count(*) FROM pg_stat_activity WHERE pid = $rot_pid AND state = 'active'") eq '0' });
+eval { $rotator->finish };
+$cancelled = time - $t_cancel if defined $cancelled;
+note(sprintf('byok_rotate_key() cancelled %.2f s after pg_cancel_backend', $cancelled // -1));
+ok(defined $cancelled && $cancelled <= 3,
+	'pg_cancel_backend ends byok_rotate_key() during the hang within 3 s (' . (defined $cancelled ? sprintf('%.2f', $cancelled) : 'never') . ' s)');
+like($rot_err, qr/canceling statement due to user request/, 'the rotate was cancelled');
+kpctl($emu, 'clear-faults');
+$node->append_conf('postgresql.conf', "byok.kms_timeout = 2\n");
+$node->reload;
+my $rotated = kpctl($emu, 'key', $key_id)->{keyVersion}{id};
+ok(defined wait_for(60, sub { (keyring_field($node, 'key_version') // '') eq $rotated }),
+	'the watchdog syncs the rotation afterwards');
 
 # --- delete the key under load: lock -------------------------------------------------------
 $node->safe_psql('postgres', 'CREATE TABLE committed (id int PRIMARY KEY)');
@@ -158,6 +246,9 @@ sub expect_lock
 	my $t0 = time;
 	$action->();
 	my $took = wait_for(15, sub { !kill(0, $pm_pid) });
+	# bound (docs/key-lifecycle.md): poll interval 1 s + request timeout 2 s, plus the stop
+	note(sprintf('%s: cluster LOCKED and stopped %.2f s after the action (bound: poll 1 s + timeout 2 s + 3 s to stop)',
+			$what, $took // -1));
 	ok(defined $took && $took <= 1 + 5, "$what: cluster stopped within poll + 5 s (" . ($took // 'never') . ' s)');
 	$writer->kill_kill; $bench->kill_kill;
 	eval { $writer->finish }; eval { $bench->finish };
