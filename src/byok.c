@@ -42,6 +42,7 @@
 #include "keyring.h"
 #include "kms.h"
 #include "provider.h"
+#include "rmgr.h"
 
 PG_MODULE_MAGIC;
 
@@ -193,6 +194,7 @@ _PG_init(void)
 	if (startup_crn_invalid)
 		byok_report(FATAL, ERRCODE_INVALID_PARAMETER_VALUE, &startup_crn_error);
 
+	byok_rmgr_register();		/* keyring changes go through the WAL (rmgr.c) */
 	byok_startup();
 	if (strcmp(startup_keyring.provider, BYOK_PROVIDER_KEYPROTECT) == 0 ||
 		byok_backup_key_crn[0] != '\0' || startup_keyring.backup_key_crn[0] != '\0')
@@ -734,6 +736,7 @@ byok_rotate_key(PG_FUNCTION_ARGS)
 	bool		ok;
 
 	require_keyprotect();
+	byok_rmgr_check_not_in_recovery("byok_rotate_key()");	/* rmgr.c: standbys follow the primary */
 	byok_root_key_from_gucs(&startup_keyring, &root);
 	ok = kms_rotate(&root.kms, &res);
 	byok_audit("byok.kms.rotate", root.kms.key_crn, "", res.correlation_id, ok,
@@ -752,6 +755,7 @@ Datum
 byok_rewrap(PG_FUNCTION_ARGS)
 {
 	require_keyprotect();
+	byok_rmgr_check_not_in_recovery("byok_rewrap()");	/* rmgr.c: standbys follow the primary */
 	PG_RETURN_TEXT_P(cstring_to_text(byok_rewrap_keyring("rewrap requested with byok_rewrap()")));
 }
 
