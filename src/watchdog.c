@@ -46,6 +46,7 @@
 #include "keyring.h"
 #include "kms.h"
 #include "provider.h"
+#include "rmgr.h"
 
 /* How the last poll went. */
 typedef enum WatchOutcome
@@ -155,6 +156,7 @@ watchdog_poll(int *failures)
 	}
 	byok_root_key_from_gucs(&kr, &root);
 	root.kms.max_retries = 0;	/* the next poll is the retry */
+	byok_rmgr_log_startup_change();	/* rmgr.c: a start-up rewrap reaches the standbys */
 
 	/* a local root key has no life to follow; only the backup key */
 	if (strcmp(kr.provider, BYOK_PROVIDER_KEYPROTECT) != 0)
@@ -178,7 +180,9 @@ watchdog_poll(int *failures)
 		byok_shared->key_state = info.state;
 		LWLockRelease(byok_shared->lock);
 
-		if (info.key_version[0] != '\0' && strcmp(info.key_version, kr.key_version) != 0)
+		/* rmgr.c: in recovery only report; the primary's rewrap arrives through the WAL */
+		if (info.key_version[0] != '\0' && strcmp(info.key_version, kr.key_version) != 0 &&
+			!byok_rmgr_standby_defers("key", kr.key_crn, info.key_version))
 		{
 			char	   *version;
 
@@ -354,7 +358,9 @@ watchdog_backup_key(const ByokRootKey *root)
 	}
 	LWLockRelease(byok_shared->lock);
 
-	if (strcmp(want, kr.backup_key_crn) != 0)
+	/* rmgr.c: in recovery only report; the primary's backup key arrives through the WAL */
+	if (strcmp(want, kr.backup_key_crn) != 0 &&
+		!byok_rmgr_standby_defers("backup_key_crn", want, kr.backup_key_crn))
 	{
 		if (want[0] == '\0')
 		{
@@ -400,7 +406,8 @@ watchdog_backup_key(const ByokRootKey *root)
 			byok_shared->backup_key_state = state;
 			LWLockRelease(byok_shared->lock);
 			if ((state == 1 || state == 3) && info.key_version[0] != '\0' &&
-				strcmp(info.key_version, kr.backup_key_version) != 0)
+				strcmp(info.key_version, kr.backup_key_version) != 0 &&
+				!byok_rmgr_standby_defers("backup key", kr.backup_key_crn, info.key_version))	/* rmgr.c */
 			{
 				ereport(LOG,
 						(errmsg("byok key watchdog: syncing KMS state: backup key %s was rotated to version %s; rewrapping",
