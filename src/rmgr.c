@@ -99,11 +99,12 @@ byok_rmgr_keyring_write(const char *datadir, const char *buf, size_t len,
 	volatile XLogRecPtr lsn = InvalidXLogRecPtr;
 	volatile bool ok = false;
 
-	if (!IsUnderPostmaster)
+	if (MyProc == NULL)
 	{
 		/*
-		 * The postmaster at start-up (byok_startup stores a keyring Key
-		 * Protect re-wrapped): no WAL can be written yet.  A standby keeps
+		 * The postmaster at start-up, or a single-user server before it is
+		 * initialised (byok_startup stores a keyring Key Protect
+		 * re-wrapped): no WAL can be written yet.  A standby keeps
 		 * the keyring the primary gave it; anything else stores it now and
 		 * has the watchdog WAL-log it later (byok_rmgr_log_startup_change).
 		 */
@@ -115,7 +116,7 @@ byok_rmgr_keyring_write(const char *datadir, const char *buf, size_t len,
 		startup_change_unlogged = true;
 		return keyring_write_bytes(datadir, buf, len, err);
 	}
-	if (RecoveryInProgress() || MyProc == NULL)
+	if (RecoveryInProgress())
 	{
 		byok_rmgr_refuse(err);
 		return false;
