@@ -402,9 +402,11 @@ byok_rmgr_log_startup_change(void)
 bool
 byok_rmgr_standby_defers(const char *what, const char *crn, const char *version)
 {
-	static char last_reported[2][BYOK_MAX_TEXT + 160];
-	char		this_one[BYOK_MAX_TEXT + 160];
-	int			slot = strcmp(what, "backup_key_crn") == 0 ? 1 : 0;
+	/* one slot each: "key", "backup_key_crn", "backup key" */
+	static char last_reported[3][2 * BYOK_MAX_TEXT + 160];
+	char		this_one[2 * BYOK_MAX_TEXT + 160];
+	int			slot = strcmp(what, "backup_key_crn") == 0 ? 1 :
+		strcmp(what, "backup key") == 0 ? 2 : 0;
 
 	if (!RecoveryInProgress())
 		return false;
