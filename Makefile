@@ -3,7 +3,7 @@ EXTENSION = byok
 MODULE_big = byok
 EXTVERSION = 1.0
 
-OBJS = src/byok.o src/aes_hw.o src/checksum_avx2.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/smgr.o src/wal.o src/fileio.o src/watchdog.o src/keystate.o src/sqlfuncs.o
+OBJS = src/byok.o src/aes_hw.o src/checksum_avx2.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/rmgr.o src/smgr.o src/wal.o src/fileio.o src/watchdog.o src/keystate.o src/sqlfuncs.o
 DATA = byok--$(EXTVERSION).sql
 
 # Frontend program and unit tests share the crypto core and keyring code,

@@ -45,6 +45,7 @@
 #include "keystate.h"
 #include "kms.h"
 #include "provider.h"
+#include "rmgr.h"
 
 PG_MODULE_MAGIC;
 
@@ -166,6 +167,7 @@ _PG_init(void)
 						   "decrypted data stays available until the server stops. A key watchdog that cannot run never locks it either."),
 				 errhint("Set byok.revoked_access_grace to a duration (default 10min) so that revoking access locks the cluster.")));
 
+	byok_rmgr_register();		/* keyring changes go through the WAL (rmgr.c) */
 	byok_startup();
 	if (strcmp(startup_keyring.provider, BYOK_PROVIDER_KEYPROTECT) == 0 ||
 		byok_settings.backup_key_crn[0] != '\0' || startup_keyring.backup_key_crn[0] != '\0')

@@ -35,6 +35,9 @@
 #define KEYRING_MAX_SIZE	65536
 #define CHECKSUM_PREFIX		"checksum = sha256:"
 
+/* Set by the server's WAL logging of keyring changes (rmgr.c); NULL in pg_byok. */
+ByokKeyringWriteHook keyring_write_hook = NULL;
+
 static void
 hex_encode_bytes(const uint8_t *in, size_t len, char *out)
 {
@@ -233,6 +236,25 @@ keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
 	char	   *buf;
 	size_t		len;
 	struct stat st;
+
+	snprintf(path, sizeof(path), "%s/%s", datadir, BYOK_KEYRING_FILE);
+	memset(kr, 0, sizeof(*kr));
+	buf = read_small_file(path, KEYRING_MAX_SIZE, &len, missing, &st, err);
+	if (buf == NULL)
+		return false;
+	return keyring_parse(path, buf, len, kr, err);
+}
+
+/*
+ * Check and parse the keyring text in buf (len bytes, NUL-terminated,
+ * malloc'd: freed here).  'path' only names the keyring in messages.  Used
+ * by keyring_read and by WAL redo (rmgr.c), which checks a replicated
+ * keyring before it replaces anything.
+ */
+bool
+keyring_parse(const char *path, char *buf, size_t len, ByokKeyring *kr,
+			  ByokError *err)
+{
 	char	   *cs;
 	uint8_t		digest[32];
 	char		hex[65];
@@ -242,12 +264,7 @@ keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
 	const char *hint = "Restore byok/keyring from a backup of this cluster; "
 		"without it the data cannot be decrypted.  Do not run pg_byok enable again.";
 
-	snprintf(path, sizeof(path), "%s/%s", datadir, BYOK_KEYRING_FILE);
 	memset(kr, 0, sizeof(*kr));
-	buf = read_small_file(path, KEYRING_MAX_SIZE, &len, missing, &st, err);
-	if (buf == NULL)
-		return false;
-
 	/* a text file: a NUL byte anywhere is damage the string checks below would miss */
 	if (strlen(buf) != len)
 	{
@@ -465,11 +482,44 @@ keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err)
 	hex_encode_bytes(digest, sizeof(digest), hex);
 	len += snprintf(buf + len, KEYRING_MAX_SIZE - len, "%s%s\n", CHECKSUM_PREFIX, hex);
 
-	ok = write_new_file(tmp, buf, len, false, err) &&
-		byok_durable_rename(tmp, path, err) &&
-		byok_fsync_path(datadir, true, err);
+	/*
+	 * Replication (rmgr.c): in the server, the hook WAL-logs the new keyring
+	 * text, flushes it, then stores it with keyring_write_bytes.  pg_byok and
+	 * a server that has not set the hook store it directly.
+	 */
+	if (keyring_write_hook != NULL)
+		ok = keyring_write_hook(datadir, buf, len, err);
+	else
+		ok = keyring_write_bytes(datadir, buf, len, err);
 	free(buf);
 	return ok;
+}
+
+/*
+ * Store complete keyring text (as keyring_write formats it, checksum line
+ * included) atomically: temp file, fsync, rename, fsync of the directories.
+ * The one place that replaces byok/keyring; keyring_write and WAL redo
+ * (rmgr.c) both come here.  Holds only wrapped material.
+ */
+bool
+keyring_write_bytes(const char *datadir, const char *buf, size_t len,
+					ByokError *err)
+{
+	char		dir[MAXPGPATH];
+	char		path[MAXPGPATH];
+	char		tmp[MAXPGPATH];
+
+	snprintf(dir, sizeof(dir), "%s/%s", datadir, BYOK_DIR);
+	snprintf(path, sizeof(path), "%s/%s", datadir, BYOK_KEYRING_FILE);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if (mkdir(dir, S_IRWXU) != 0 && errno != EEXIST)
+	{
+		byok_error_set(err, NULL, NULL, "could not create directory \"%s\": %m", dir);
+		return false;
+	}
+	return write_new_file(tmp, buf, len, false, err) &&
+		byok_durable_rename(tmp, path, err) &&
+		byok_fsync_path(datadir, true, err);
 }
 
 /* --- the local root key ------------------------------------------------- */

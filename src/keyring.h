@@ -68,6 +68,22 @@ extern bool keyring_read(const char *datadir, ByokKeyring *kr, bool *missing,
 /* Write the keyring atomically: temp file, fsync, rename, fsync dir. */
 extern bool keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err);
 
+/*
+ * Replication of keyring changes (rmgr.c).  keyring_write formats the new
+ * keyring text and hands it to keyring_write_hook when one is set (the
+ * server: WAL-log, flush, then store), else stores it itself.
+ * keyring_write_bytes is the atomic store both end in; keyring_parse checks
+ * keyring text (freeing buf) without reading a file.
+ */
+#define BYOK_KEYRING_MAX_SIZE	65536
+typedef bool (*ByokKeyringWriteHook) (const char *datadir, const char *buf,
+									  size_t len, ByokError *err);
+extern ByokKeyringWriteHook keyring_write_hook;
+extern bool keyring_write_bytes(const char *datadir, const char *buf, size_t len,
+								ByokError *err);
+extern bool keyring_parse(const char *path, char *buf, size_t len, ByokKeyring *kr,
+						  ByokError *err);
+
 /* The AAD that binds wrapped key material to one cluster. */
 extern void keyring_aad(uint64_t system_identifier, char *buf, size_t buflen);
 

@@ -33,6 +33,7 @@
 #include "keystate.h"
 #include "kms.h"
 #include "provider.h"
+#include "rmgr.h"
 
 PG_FUNCTION_INFO_V1(byok_version);
 PG_FUNCTION_INFO_V1(byok_status);
@@ -342,6 +343,7 @@ byok_rotate_key(PG_FUNCTION_ARGS)
 	bool		ok;
 
 	require_keyprotect();
+	byok_rmgr_check_not_in_recovery("byok_rotate_key()");	/* rmgr.c: standbys follow the primary */
 	keystate_root_key(byok_startup_keyring(), &root);
 	sql_kms_begin();
 	ok = kms_rotate(&root.kms, &res);
@@ -362,6 +364,7 @@ Datum
 byok_rewrap(PG_FUNCTION_ARGS)
 {
 	require_keyprotect();
+	byok_rmgr_check_not_in_recovery("byok_rewrap()");	/* rmgr.c: standbys follow the primary */
 	PG_RETURN_TEXT_P(cstring_to_text(sql_rewrap_keyring("rewrap requested with byok_rewrap()")));
 }
 

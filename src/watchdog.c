@@ -62,6 +62,7 @@
 #include "keystate.h"
 #include "kms.h"
 #include "provider.h"
+#include "rmgr.h"
 
 #define shared byok_shared
 
@@ -235,6 +236,7 @@ watchdog_poll(void)
 	}
 	keystate_root_key(&kr, &root);
 	root.kms.max_retries = 0;	/* the next poll is the retry */
+	byok_rmgr_log_startup_change();	/* rmgr.c: a start-up rewrap reaches the standbys */
 
 	/* a local root key has no life to follow; only the backup key */
 	if (strcmp(kr.provider, BYOK_PROVIDER_KEYPROTECT) != 0)
@@ -266,7 +268,9 @@ watchdog_poll(void)
 		shared->key_state = info.state;
 		LWLockRelease(shared->lock);
 
-		if (info.key_version[0] != '\0' && strcmp(info.key_version, kr.key_version) != 0)
+		/* rmgr.c: in recovery only report; the primary's rewrap arrives through the WAL */
+		if (info.key_version[0] != '\0' && strcmp(info.key_version, kr.key_version) != 0 &&
+			!byok_rmgr_standby_defers("key", kr.key_crn, info.key_version))
 		{
 			ByokKeyring after;
 			bool		kms_failed;
@@ -590,7 +594,9 @@ watchdog_backup_key(const ByokRootKey *root)
 	if (!keyring_read(DataDir, &kr, &missing, &err))
 		return;
 
-	if (strcmp(want, kr.backup_key_crn) != 0)
+	/* rmgr.c: in recovery only report; the primary's backup key arrives through the WAL */
+	if (strcmp(want, kr.backup_key_crn) != 0 &&
+		!byok_rmgr_standby_defers("backup_key_crn", want, kr.backup_key_crn))
 	{
 		if (want[0] == '\0')
 		{
@@ -636,7 +642,8 @@ watchdog_backup_key(const ByokRootKey *root)
 			byok_shared->backup_key_state = state;
 			LWLockRelease(byok_shared->lock);
 			if ((state == 1 || state == 3) && info.key_version[0] != '\0' &&
-				strcmp(info.key_version, kr.backup_key_version) != 0)
+				strcmp(info.key_version, kr.backup_key_version) != 0 &&
+				!byok_rmgr_standby_defers("backup key", kr.backup_key_crn, info.key_version))	/* rmgr.c */
 			{
 				ereport(LOG,
 						(errmsg("byok key watchdog: syncing KMS state: backup key %s was rotated to version %s; rewrapping",
