@@ -33,7 +33,8 @@
  *
  * read / write go through the same code at the descriptor's position
  * (lseek); O_APPEND is emulated, because pwrite ignores the offset on an
- * O_APPEND descriptor and the block merge needs it.  stdio streams that
+ * O_APPEND descriptor and the block merge needs it, and a write-only open
+ * becomes read-write, because the merge reads.  stdio streams that
  * PostgreSQL opens on such files (AllocateFile) are fopencookie streams
  * over the same code; fileno works on them.
  *
@@ -680,6 +681,9 @@ io_open(const char *path, int flags,...)
 
 		if (keys_missing())
 			return -1;
+		/* a write inside a block reads the stored block: write-only becomes read-write */
+		if ((flags & O_ACCMODE) == O_WRONLY)
+			flags = (flags & ~O_ACCMODE) | O_RDWR;
 		return note_open(orig()->open(path, flags & ~O_APPEND, mode), c, shared, append);
 	}
 	return note_open(orig()->open(path, flags, mode), c, false, false);

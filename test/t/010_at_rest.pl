@@ -28,17 +28,11 @@ note "marker: $marker";
 # else -- in particular every relation file under base/, global/ and
 # pg_tblspc/ -- must be clean.
 my @exclude = (
-	# (pg_wal/ is scanned: WAL segments are encrypted too.)
-	# Temporary files (sorts, hashes, spill files) are a later milestone
-	# (DESIGN.md section 1); they live in pgsql_tmp in the default
-	# tablespace and in every other one.  Temporary *tables* are relation
-	# files (base/<db>/t<backend>_<relfilenode>) and are NOT excluded.
-	qr{(^|/)pgsql_tmp/},
-	# Statistics files hold only numbers, and are not relation files; the
-	# server log is out of scope (DESIGN.md section 1) -- with
+	# (pg_wal/ is scanned: WAL segments are encrypted too; so are temporary
+	# files, pg_notify, pg_twophase and statement texts: 017_temp_data.pl.)
+	# The server log is out of scope (DESIGN.md section 1) -- with
 	# PostgreSQL::Test::Cluster it is written outside the data directory,
 	# but a logging_collector would put it here.
-	qr{^pg_stat(_tmp)?/},
 	qr{^(log|pg_log)/},
 	qr{^current_logfiles$},);
 
