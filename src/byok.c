@@ -63,6 +63,7 @@ static bool byok_kms_private_endpoint = false;
 static char *byok_iam_endpoint = NULL;
 static char *byok_api_key_file = NULL;
 static char *byok_kms_ca_file = NULL;
+static char *byok_iam_ca_file = NULL;
 static int	byok_kms_timeout = 30;
 static int	byok_kms_max_retries = 4;
 int			byok_kms_poll_interval = 60;
@@ -169,8 +170,14 @@ _PG_init(void)
 							   NULL, &byok_api_key_file, "", PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
 	DefineCustomStringVariable("byok.kms_ca_file",
-							   "CA certificates that verify the Key Protect and IAM endpoints; empty means the system CAs.",
-							   NULL, &byok_kms_ca_file, "", PGC_POSTMASTER, 0,
+							   "CA certificates that verify the Key Protect endpoint; empty means the system CAs.",
+							   "IAM is verified against the system CAs plus this file unless byok.iam_ca_file is set.",
+							   &byok_kms_ca_file, "", PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.iam_ca_file",
+							   "CA certificates added to the system CAs to verify the IAM endpoint.",
+							   "Empty means byok.kms_ca_file is added instead.",
+							   &byok_iam_ca_file, "", PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
 	DefineCustomIntVariable("byok.kms_timeout",
 							"Time limit for one Key Protect or IAM request.",
@@ -192,6 +199,15 @@ _PG_init(void)
 
 	if (startup_crn_invalid)
 		byok_report(FATAL, ERRCODE_INVALID_PARAMETER_VALUE, &startup_crn_error);
+	{
+		ByokRootKey configured;
+		ByokError	url_err = {0};
+
+		/* byok.kms_endpoint / byok.iam_endpoint: https, or exact loopback http */
+		byok_root_key_from_gucs(NULL, &configured);
+		if (!kms_check_config(&configured.kms, &url_err))
+			byok_report(FATAL, ERRCODE_INVALID_PARAMETER_VALUE, &url_err);
+	}
 
 	byok_startup();
 	if (strcmp(startup_keyring.provider, BYOK_PROVIDER_KEYPROTECT) == 0 ||
@@ -269,6 +285,7 @@ byok_root_key_from_gucs(const ByokKeyring *kr, ByokRootKey *root)
 	strlcpy(root->kms.iam_endpoint, byok_iam_endpoint, sizeof(root->kms.iam_endpoint));
 	strlcpy(root->kms.api_key_file, byok_api_key_file, sizeof(root->kms.api_key_file));
 	strlcpy(root->kms.ca_file, byok_kms_ca_file, sizeof(root->kms.ca_file));
+	strlcpy(root->kms.iam_ca_file, byok_iam_ca_file, sizeof(root->kms.iam_ca_file));
 	root->kms.timeout_s = byok_kms_timeout;
 	root->kms.max_retries = byok_kms_max_retries;
 }
