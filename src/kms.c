@@ -1511,6 +1511,8 @@ kms_rotate(const ByokKmsConfig *cfg, ByokKmsResult *res)
 				 "the answer to an earlier attempt was lost; Key Protect answered HTTP 409%s%s to the retry, "
 				 "and the key's version changed from %s to %s: the rotation happened",
 				 res->reason[0] ? " " : "", res->reason, before.key_version, after.key_version);
+		kms_log("byok: Key Protect rotate of key %s: %s (correlation id %s)",
+				cfg->key_crn, res->message, res->correlation_id);
 		return true;
 	}
 	return false;
@@ -1755,10 +1757,11 @@ kms_describe_failure(const ByokKmsConfig *cfg, const char *action,
 			if (strcmp(res->reason, "KEY_PAYLOAD_REQ_ERR") == 0)
 			{
 				byok_error_set(err, detail,
-							   "The key was created with imported key material, and Key Protect rotates such a key "
-							   "only with new key material, which byok does not hold. Rotate it in Key Protect "
-							   "with new material (ibmcloud kp key rotate <key-id> --key-material <base64>); "
-							   "the byok key watchdog then rewraps the keyring under the new version.",
+							   psprintf("The key was created with imported key material, and Key Protect rotates such a key "
+										"only with new key material, which byok does not hold. Rotate it in Key Protect "
+										"with new material (ibmcloud kp key rotate %s --key-material <base64>); "
+										"the byok key watchdog then rewraps the keyring under the new version.",
+										crn.key_id[0] ? crn.key_id : "<key-id>"),
 							   "could not %s: the Key Protect key has imported key material", action);
 				break;
 			}
