@@ -307,6 +307,7 @@ byok_startup(void)
 	ByokLock	lock;
 	bool		locked;
 	uint64		sysid = GetSystemIdentifier();
+	char		version_before[sizeof(kr->key_version)];
 
 	if (!fullPageWrites)
 		ereport(FATAL,
@@ -366,6 +367,7 @@ byok_startup(void)
 
 	byok_root_key_from_gucs(kr, &root);
 	locked = lock_read(".", &lock);
+	strlcpy(version_before, kr->key_version, sizeof(version_before));
 	if (!provider_unwrap(kr, &root, material, &changed, &err))
 	{
 		byok_wipe(material, sizeof(material));
@@ -401,10 +403,13 @@ byok_startup(void)
 			ereport(WARNING,
 					(errmsg("could not store the re-wrapped keyring: %s", err.msg),
 					 errdetail("The server keeps using the previous wrapped key; it stays valid.")));
-		else
+		else if (strcmp(version_before, kr->key_version) != 0)
 			ereport(LOG,
 					(errmsg("byok: stored the key material re-wrapped by Key Protect under key version %s",
 							kr->key_version)));
+		else
+			ereport(LOG,
+					(errmsg("byok: keyring updated after a successful start (previous wrapped key dropped)")));
 	}
 
 	if (!byok_crypto_init(material, &err))
