@@ -307,7 +307,7 @@ byok_startup(void)
 	ByokLock	lock;
 	bool		locked;
 	uint64		sysid = GetSystemIdentifier();
-	char		version_before[sizeof(kr->key_version)];
+	char	   *wrapped_before;
 
 	if (!fullPageWrites)
 		ereport(FATAL,
@@ -367,7 +367,7 @@ byok_startup(void)
 
 	byok_root_key_from_gucs(kr, &root);
 	locked = lock_read(".", &lock);
-	strlcpy(version_before, kr->key_version, sizeof(version_before));
+	wrapped_before = pstrdup(kr->wrapped_key);
 	if (!provider_unwrap(kr, &root, material, &changed, &err))
 	{
 		byok_wipe(material, sizeof(material));
@@ -403,7 +403,7 @@ byok_startup(void)
 			ereport(WARNING,
 					(errmsg("could not store the re-wrapped keyring: %s", err.msg),
 					 errdetail("The server keeps using the previous wrapped key; it stays valid.")));
-		else if (strcmp(version_before, kr->key_version) != 0)
+		else if (strcmp(wrapped_before, kr->wrapped_key) != 0)
 			ereport(LOG,
 					(errmsg("byok: stored the key material re-wrapped by Key Protect under key version %s",
 							kr->key_version)));
@@ -411,6 +411,7 @@ byok_startup(void)
 			ereport(LOG,
 					(errmsg("byok: keyring updated after a successful start (previous wrapped key dropped)")));
 	}
+	pfree(wrapped_before);
 
 	if (!byok_crypto_init(material, &err))
 	{
