@@ -13,8 +13,15 @@
  * fresh one.  The API key, tokens and key material are never logged, and
  * buffers that held them are wiped.
  *
- * TLS is always verified (byok.kms_ca_file adds a private CA); plain HTTP
- * is accepted only for loopback addresses, for the local emulator.
+ * TLS is always verified: Key Protect against byok.kms_ca_file (else the
+ * system CAs), IAM against the system CAs plus byok.iam_ca_file (or
+ * byok.kms_ca_file).  Endpoint URLs go through libcurl's URL parser:
+ * https, or plain http only for the host written exactly 127.0.0.1, [::1]
+ * or localhost (the local emulator), never with user information.
+ *
+ * Nothing in an answer is trusted unchecked: bodies are bounded (1 MiB),
+ * ciphertexts must be JSON strings of strict base64, key versions short
+ * ids, and any text from the service that reaches a log line is escaped.
  *
  * Compiles for the server and for pg_byok (FRONTEND).
  *
