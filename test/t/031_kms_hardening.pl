@@ -117,6 +117,7 @@ for my $case (@bad_endpoints)
 	$node->append_conf('postgresql.conf', "byok.$setting = '$value'\n");
 	my $offset = -s $node->logfile;
 	ok(!$node->start(fail_ok => 1), "byok.$setting = '$value' ($what): refused");
+	$node->stop if running($node);    # (old code started: keep going)
 	my $log = log_since($node, $offset);
 	like($log,
 		qr/FATAL:  invalid value for parameter "byok\.$setting": "\Q$value\E"\n.*DETAIL:  [^\n]*$detail_re[^\n]*\n.*HINT:  Set byok\.$setting to an https URL/,
@@ -174,6 +175,7 @@ $node->append_conf('postgresql.conf', "byok.iam_endpoint = '$emu->{url}'\n");
 	$node->append_conf('postgresql.conf', "byok.iam_endpoint = '$twin->{url}'\n");
 	my $offset = -s $node->logfile;
 	ok(!$node->start(fail_ok => 1), 'IAM behind another CA, byok.iam_ca_file unset: refused');
+	$node->stop if running($node);
 	like(log_since($node, $offset),
 		qr/FATAL:  could not unwrap the cluster key: TLS verification of the IAM endpoint failed\n.*DETAIL:  .*\n.*HINT:  IAM's certificate does not verify against the system CAs nor against "\Q$emu->{ca_file}\E" \(byok\.kms_ca_file\); set byok\.iam_ca_file/,
 		'the FATAL names IAM and byok.iam_ca_file');
@@ -187,6 +189,7 @@ $node->append_conf('postgresql.conf', "byok.iam_endpoint = '$emu->{url}'\n");
 	$node->append_conf('postgresql.conf', "byok.iam_endpoint = '$emu->{url}'\nbyok.iam_ca_file = '$twin->{ca_file}'\n");
 	$offset = -s $node->logfile;
 	ok(!$node->start(fail_ok => 1), 'IAM with the Key Protect CA, byok.iam_ca_file another CA: refused');
+	$node->stop if running($node);
 	like(log_since($node, $offset), qr/TLS verification of the IAM endpoint failed/, 'byok.iam_ca_file alone verifies IAM');
 	$node->append_conf('postgresql.conf', "byok.iam_ca_file = ''\n");
 	stop_emulator($twin);
