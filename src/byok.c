@@ -129,8 +129,14 @@ _PG_init(void)
 							   NULL, GUC_SETTING(api_key_file), "", PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
 	DefineCustomStringVariable("byok.kms_ca_file",
-							   "CA certificates that verify the Key Protect and IAM endpoints; empty means the system CAs.",
-							   NULL, GUC_SETTING(kms_ca_file), "", PGC_POSTMASTER, 0,
+							   "CA certificates that verify the Key Protect endpoint; empty means the system CAs.",
+							   "IAM is verified against the system CAs plus this file unless byok.iam_ca_file is set.",
+							   GUC_SETTING(kms_ca_file), "", PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("byok.iam_ca_file",
+							   "CA certificates added to the system CAs to verify the IAM endpoint.",
+							   "Empty means byok.kms_ca_file is added instead.",
+							   GUC_SETTING(iam_ca_file), "", PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
 	DefineCustomIntVariable("byok.kms_timeout",
 							"Time limit for one Key Protect or IAM request.",
@@ -166,6 +172,15 @@ _PG_init(void)
 				 errdetail("Removing the database's IAM authorization or deleting its API key will not lock the cluster; "
 						   "decrypted data stays available until the server stops. A key watchdog that cannot run never locks it either."),
 				 errhint("Set byok.revoked_access_grace to a duration (default 10min) so that revoking access locks the cluster.")));
+	{
+		ByokRootKey configured;
+		ByokError	url_err = {0};
+
+		/* byok.kms_endpoint / byok.iam_endpoint: https, or exact loopback http */
+		keystate_root_key(NULL, &configured);
+		if (!kms_check_config(&configured.kms, &url_err))
+			byok_report(FATAL, ERRCODE_INVALID_PARAMETER_VALUE, &url_err);
+	}
 
 	byok_rmgr_register();		/* keyring changes go through the WAL (rmgr.c) */
 	byok_startup();
@@ -246,6 +261,7 @@ byok_startup(void)
 	ByokLock	lock;
 	bool		locked;
 	uint64		sysid = GetSystemIdentifier();
+	char	   *wrapped_before;
 
 	if (!fullPageWrites)
 		ereport(FATAL,
@@ -305,6 +321,7 @@ byok_startup(void)
 
 	keystate_root_key(kr, &root);
 	locked = lock_read(".", &lock);
+	wrapped_before = pstrdup(kr->wrapped_key);
 	if (!provider_unwrap(kr, &root, material, &changed, &err))
 	{
 		byok_wipe(material, sizeof(material));
@@ -340,11 +357,15 @@ byok_startup(void)
 			ereport(WARNING,
 					(errmsg("could not store the re-wrapped keyring: %s", err.msg),
 					 errdetail("The server keeps using the previous wrapped key; it stays valid.")));
-		else
+		else if (strcmp(wrapped_before, kr->wrapped_key) != 0)
 			ereport(LOG,
 					(errmsg("byok: stored the key material re-wrapped by Key Protect under key version %s",
 							kr->key_version)));
+		else
+			ereport(LOG,
+					(errmsg("byok: keyring updated after a successful start (previous wrapped key dropped)")));
 	}
+	pfree(wrapped_before);
 
 	if (!byok_crypto_init(material, &err))
 	{

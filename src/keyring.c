@@ -348,6 +348,10 @@ keyring_parse(const char *path, char *buf, size_t len, ByokKeyring *kr,
 			ok = copy_field(kr->key_version, sizeof(kr->key_version), value);
 		else if (strcmp(name, "wrapped_key") == 0)
 			ok = copy_field(kr->wrapped_key, sizeof(kr->wrapped_key), value);
+		else if (strcmp(name, "fallback_key_version") == 0)
+			ok = copy_field(kr->fallback_key_version, sizeof(kr->fallback_key_version), value);
+		else if (strcmp(name, "fallback_wrapped_key") == 0)
+			ok = copy_field(kr->fallback_wrapped_key, sizeof(kr->fallback_wrapped_key), value);
 		else if (strcmp(name, "recrypt_format") == 0)
 			kr->recrypt_format = atoi(value);
 		else if (strcmp(name, "recrypt_key_version") == 0)
@@ -469,6 +473,11 @@ keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err)
 				   kr->root_key_id, kr->key_version, kr->wrapped_key,
 				   kr->created, kr->updated, kr->key_bound,
 				   kr->backup_key_crn, kr->backup_key_version, kr->backup_wrapped_key);
+	if (kr->fallback_wrapped_key[0] != '\0')
+		len += snprintf(buf + len, KEYRING_MAX_SIZE - len,
+						"fallback_key_version = %s\n"
+						"fallback_wrapped_key = %s\n",
+						kr->fallback_key_version, kr->fallback_wrapped_key);
 	if (kr->recrypt_wrapped_key[0] != '\0')
 		len += snprintf(buf + len, KEYRING_MAX_SIZE - len,
 						"recrypt_format = %d\n"

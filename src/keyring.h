@@ -50,6 +50,14 @@ typedef struct ByokKeyring
 	char		backup_wrapped_key[BYOK_MAX_WRAPPED];
 
 	/*
+	 * The wrapped key that was current before the last rewrap, kept until a
+	 * start has unwrapped the new one (start-up falls back to it if the new
+	 * one does not unwrap).  Empty when no start is pending.
+	 */
+	char		fallback_key_version[128];
+	char		fallback_wrapped_key[BYOK_MAX_WRAPPED];
+
+	/*
 	 * While pg_byok convert or rotate-data-key runs (state converting or
 	 * rotating): the format and wrapped key material every file is being
 	 * re-encrypted to.  Empty otherwise.

@@ -61,6 +61,7 @@ keystate_root_key(const ByokKeyring *kr, ByokRootKey *root)
 	strlcpy(root->kms.iam_endpoint, s->iam_endpoint, sizeof(root->kms.iam_endpoint));
 	strlcpy(root->kms.api_key_file, s->api_key_file, sizeof(root->kms.api_key_file));
 	strlcpy(root->kms.ca_file, s->kms_ca_file, sizeof(root->kms.ca_file));
+	strlcpy(root->kms.iam_ca_file, s->iam_ca_file ? s->iam_ca_file : "", sizeof(root->kms.iam_ca_file));
 	root->kms.timeout_s = s->kms_timeout;
 	root->kms.max_retries = s->kms_max_retries;
 }

@@ -30,6 +30,7 @@ typedef struct ByokSettings
 	char	   *iam_endpoint;
 	char	   *api_key_file;
 	char	   *kms_ca_file;
+	char	   *iam_ca_file;
 	int			kms_timeout;	/* s */
 	int			kms_max_retries;
 	int			kms_poll_interval;	/* s */

@@ -13,8 +13,15 @@
  * fresh one.  The API key, tokens and key material are never logged, and
  * buffers that held them are wiped.
  *
- * TLS is always verified (byok.kms_ca_file adds a private CA); plain HTTP
- * is accepted only for loopback addresses, for the local emulator.
+ * TLS is always verified: Key Protect against byok.kms_ca_file (else the
+ * system CAs), IAM against the system CAs plus byok.iam_ca_file (or
+ * byok.kms_ca_file).  Endpoint URLs go through libcurl's URL parser:
+ * https, or plain http only for the host written exactly 127.0.0.1, [::1]
+ * or localhost (the local emulator), never with user information.
+ *
+ * Nothing in an answer is trusted unchecked: bodies are bounded (1 MiB),
+ * ciphertexts must be JSON strings of strict base64, key versions short
+ * ids, and any text from the service that reaches a log line is escaped.
  *
  * Compiles for the server and for pg_byok (FRONTEND).
  *
@@ -44,6 +51,9 @@
 #define IAM_GRANT_TYPE			"urn:ibm:params:oauth:grant-type:apikey"
 #define MAX_BODY				(1024 * 1024)
 #define BACKOFF_CAP_S			30.0
+#define MAX_CA_BUNDLE			(8 * 1024 * 1024)
+#define MAX_REGISTRATIONS		1000
+#define MAX_TOKEN_LIFETIME_S	(7 * 86400)
 
 #ifdef FRONTEND
 #define kms_log(...) pg_log_warning(__VA_ARGS__)
@@ -70,6 +80,8 @@ typedef struct KmsHeaders
 static char cached_token[16384];
 static time_t cached_token_refresh_at = 0;
 static bool curl_initialised = false;
+
+static void kms_copy_text(char *dst, size_t dstlen, const char *src);
 
 /* --- CRNs --------------------------------------------------------------- */
 
@@ -290,10 +302,15 @@ header_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 
 		while (*v == ' ')
 			v++;
-		snprintf(h->correlation_id, sizeof(h->correlation_id), "%s", v);
+		kms_copy_text(h->correlation_id, sizeof(h->correlation_id), v);
 	}
 	else if (pg_strncasecmp(line, "retry-after:", 12) == 0)
-		h->retry_after_s = atoi(line + 12);
+	{
+		long		secs = strtol(line + 12, NULL, 10);
+
+		/* bounded: the backoff is capped anyway */
+		h->retry_after_s = (int) Max(0, Min(secs, 3600));
+	}
 	return n;
 }
 
@@ -332,13 +349,290 @@ mono_ms(void)
 	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
 }
 
-static bool
-url_is_loopback_http(const char *url)
+/*
+ * Copy text that came from the KMS (or from curl about the KMS) into a
+ * bounded buffer for a log line: control characters, DEL and non-ASCII
+ * bytes become \xNN, so an answer cannot forge log lines or hide text.
+ */
+static void
+kms_copy_text(char *dst, size_t dstlen, const char *src)
 {
-	return strncmp(url, "http://127.", 11) == 0 ||
-		strncmp(url, "http://localhost:", 17) == 0 ||
-		strncmp(url, "http://localhost/", 17) == 0 ||
-		strncmp(url, "http://[::1]", 12) == 0;
+	size_t		o = 0;
+
+	if (dstlen == 0)
+		return;
+	for (const unsigned char *c = (const unsigned char *) (src ? src : ""); *c; c++)
+	{
+		if (*c < 0x20 || *c >= 0x7f)
+		{
+			if (o + 4 >= dstlen)
+				break;
+			snprintf(dst + o, dstlen - o, "\\x%02x", *c);
+			o += 4;
+		}
+		else
+		{
+			if (o + 1 >= dstlen)
+				break;
+			dst[o++] = (char) *c;
+		}
+	}
+	dst[o] = '\0';
+}
+
+/* The string value of a JSON field for a log line (escaped, bounded). */
+static void
+kms_copy_json_text(char *dst, size_t dstlen, json_object *v)
+{
+	if (v == NULL || json_object_is_type(v, json_type_null))
+	{
+		dst[0] = '\0';
+		return;
+	}
+	kms_copy_text(dst, dstlen, json_object_get_string(v));
+}
+
+/* --- endpoint URLs ----------------------------------------------------------- */
+
+/* The only hosts plain http may go to, exactly as they must be written. */
+static const char *const loopback_hosts[] = {"127.0.0.1", "[::1]", "localhost"};
+
+static bool
+url_error(ByokError *err, const char *setting, const char *value, const char *detail)
+{
+	char		shown[KMS_TEXT_LEN];
+	const char *hint;
+
+	kms_copy_text(shown, sizeof(shown), value);
+	if (strcmp(setting, "byok.iam_endpoint") == 0)
+		hint = "Set byok.iam_endpoint to an https URL such as https://iam.cloud.ibm.com (the default) or "
+			"https://private.iam.cloud.ibm.com, or to http://127.0.0.1:<port> for a local emulator.";
+	else if (strcmp(setting, "byok.kms_endpoint") == 0)
+		hint = "Set byok.kms_endpoint to an https URL such as https://us-south.kms.cloud.ibm.com, "
+			"or to http://127.0.0.1:<port> for a local emulator, or leave it empty to derive it from byok.key_crn.";
+	else
+		hint = "Use an https URL, or http://127.0.0.1:<port> for a local emulator.";
+	byok_error_set(err, detail, hint, "invalid value for parameter \"%s\": \"%s\"", setting, shown);
+	return false;
+}
+
+/*
+ * Check an endpoint URL with libcurl's URL parser.  https always; plain
+ * http only when the host is written exactly 127.0.0.1, [::1] or localhost.
+ * Never user information (user, password, login options), a query or a
+ * fragment; the scheme must be written in lower case.  'setting' names the
+ * parameter for the message.  *plain_http (may be NULL) says whether the
+ * URL is loopback http.
+ */
+bool
+kms_check_url(const char *setting, const char *value, bool *plain_http, ByokError *err)
+{
+	CURLU	   *u;
+	CURLUcode	uc;
+	char	   *host = NULL;
+	char	   *part = NULL;
+	bool		http;
+	bool		ok = false;
+	char		detail[KMS_TEXT_LEN + 256];
+
+	if (plain_http)
+		*plain_http = false;
+	for (const unsigned char *c = (const unsigned char *) value; *c; c++)
+		if (*c <= 0x20 || *c >= 0x7f || *c == '\\')
+			return url_error(err, setting, value,
+							 "It contains white space, a backslash, a control character or a character outside printable ASCII.");
+	if (strncmp(value, "https://", 8) == 0)
+		http = false;
+	else if (strncmp(value, "http://", 7) == 0)
+		http = true;
+	else if (pg_strncasecmp(value, "https://", 8) == 0 || pg_strncasecmp(value, "http://", 7) == 0)
+		return url_error(err, setting, value,
+						 "Its scheme is not written in lower case; byok accepts exactly \"https://\" (or \"http://\" for the loopback host).");
+	else
+		return url_error(err, setting, value,
+						 "Its scheme is not https; Key Protect and IAM are reached over https only (plain http only on the loopback host, for a local emulator).");
+
+	u = curl_url();
+	if (u == NULL)
+		return url_error(err, setting, value, "out of memory");
+	uc = curl_url_set(u, CURLUPART_URL, value, 0);
+	if (uc != CURLUE_OK)
+	{
+		snprintf(detail, sizeof(detail), "libcurl cannot parse it: %s.", curl_url_strerror(uc));
+		url_error(err, setting, value, detail);
+		goto done;
+	}
+	if (curl_url_get(u, CURLUPART_USER, &part, 0) == CURLUE_OK ||
+		curl_url_get(u, CURLUPART_PASSWORD, &part, 0) == CURLUE_OK ||
+		curl_url_get(u, CURLUPART_OPTIONS, &part, 0) == CURLUE_OK ||
+		strchr(value + (http ? 7 : 8), '@') != NULL)
+	{
+		url_error(err, setting, value,
+				  "It holds user information (\"user@host\"); byok sends the API key, tokens and key material to this URL, "
+				  "and user information can disguise which host that is.");
+		goto done;
+	}
+	if (curl_url_get(u, CURLUPART_QUERY, &part, 0) == CURLUE_OK ||
+		curl_url_get(u, CURLUPART_FRAGMENT, &part, 0) == CURLUE_OK ||
+		strchr(value, '?') != NULL || strchr(value, '#') != NULL)
+	{
+		url_error(err, setting, value, "It has a query (\"?\") or a fragment (\"#\"); an endpoint is a base URL.");
+		goto done;
+	}
+	if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || host[0] == '\0')
+	{
+		url_error(err, setting, value, "It names no host.");
+		goto done;
+	}
+	if (http)
+	{
+		bool		loopback = false;
+
+		for (int i = 0; i < (int) lengthof(loopback_hosts); i++)
+		{
+			size_t		n = strlen(loopback_hosts[i]);
+			char		next = value[7 + n];
+
+			/* as parsed by libcurl, and as written: no other spelling */
+			if (strcmp(host, loopback_hosts[i]) == 0 &&
+				strncmp(value + 7, loopback_hosts[i], n) == 0 &&
+				(next == '\0' || next == ':' || next == '/'))
+				loopback = true;
+		}
+		if (!loopback)
+		{
+			char		shown[256];
+
+			kms_copy_text(shown, sizeof(shown), host);
+			snprintf(detail, sizeof(detail),
+					 "Plain http is allowed only for the loopback hosts 127.0.0.1, [::1] and localhost, written exactly so; "
+					 "libcurl reads this URL's host as \"%s\". Anything else would carry the API key, tokens and key material in clear.",
+					 shown);
+			url_error(err, setting, value, detail);
+			goto done;
+		}
+	}
+	if (plain_http)
+		*plain_http = http;
+	ok = true;
+done:
+	if (part)
+		curl_free(part);
+	if (host)
+		curl_free(host);
+	curl_url_cleanup(u);
+	return ok;
+}
+
+bool
+kms_check_config(const ByokKmsConfig *cfg, ByokError *err)
+{
+	if (cfg->kms_endpoint[0] != '\0' &&
+		!kms_check_url("byok.kms_endpoint", cfg->kms_endpoint, NULL, err))
+		return false;
+	if (cfg->iam_endpoint[0] != '\0' &&
+		!kms_check_url("byok.iam_endpoint", cfg->iam_endpoint, NULL, err))
+		return false;
+	return true;
+}
+
+/*
+ * The IAM token URL from byok.iam_endpoint: a base URL (trailing slashes
+ * ignored) gets /identity/token appended; a URL that already ends in
+ * /identity/token is used as it is.
+ */
+bool
+kms_iam_token_url(const ByokKmsConfig *cfg, char *out, size_t outlen, ByokError *err)
+{
+	const char *base = cfg->iam_endpoint[0] ? cfg->iam_endpoint : IAM_DEFAULT_ENDPOINT;
+	size_t		len;
+	const char *suffix = "/identity/token";
+	size_t		slen = strlen(suffix);
+
+	if (!kms_check_url("byok.iam_endpoint", base, NULL, err))
+		return false;
+	snprintf(out, outlen, "%s", base);
+	len = strlen(out);
+	while (len > 0 && out[len - 1] == '/')
+		out[--len] = '\0';
+	if (!(len >= slen && strcmp(out + len - slen, suffix) == 0))
+		snprintf(out + len, outlen - len, "%s", suffix);
+	return true;
+}
+
+/* Append the file at 'path' (a PEM bundle) to *buf.  False with errbuf set. */
+static bool
+append_file(const char *path, char **buf, size_t *len, bool missing_ok, char *errbuf)
+{
+	FILE	   *f = fopen(path, "r");
+	char		chunk[8192];
+	size_t		n;
+
+	if (f == NULL)
+	{
+		if (missing_ok)
+			return true;
+		snprintf(errbuf, CURL_ERROR_SIZE, "could not open CA file \"%s\": %s", path, strerror(errno));
+		return false;
+	}
+	while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+	{
+		char	   *grown;
+
+		if (*len + n > MAX_CA_BUNDLE)
+		{
+			fclose(f);
+			snprintf(errbuf, CURL_ERROR_SIZE, "CA file \"%s\" is larger than %d bytes", path, MAX_CA_BUNDLE);
+			return false;
+		}
+		grown = realloc(*buf, *len + n + 2);
+		if (grown == NULL)
+		{
+			fclose(f);
+			snprintf(errbuf, CURL_ERROR_SIZE, "out of memory");
+			return false;
+		}
+		*buf = grown;
+		memcpy(*buf + *len, chunk, n);
+		*len += n;
+	}
+	fclose(f);
+	if (*buf != NULL)
+		(*buf)[(*len)++] = '\n';
+	return true;
+}
+
+/*
+ * The CAs that verify IAM: libcurl's system bundle plus byok.iam_ca_file,
+ * or byok.kms_ca_file when that is empty -- additive, so a private CA for
+ * Key Protect never stops the public IAM endpoint from being verified with
+ * the system CAs.  *blob stays NULL when nothing is added (libcurl's
+ * defaults apply); the caller frees it.
+ */
+static bool
+iam_ca_blob(CURL *curl, const ByokKmsConfig *cfg, char **blob, size_t *len, char *errbuf)
+{
+	const char *extra = cfg->iam_ca_file[0] ? cfg->iam_ca_file : cfg->ca_file;
+	char	   *system_bundle = NULL;
+
+	*blob = NULL;
+	*len = 0;
+	if (extra[0] == '\0')
+		return true;
+#if LIBCURL_VERSION_NUM >= 0x075400
+	if (curl_easy_getinfo(curl, CURLINFO_CAINFO, &system_bundle) != CURLE_OK)
+		system_bundle = NULL;
+#endif
+	if (system_bundle == NULL)
+		system_bundle = "/etc/ssl/certs/ca-certificates.crt";
+	if (!append_file(system_bundle, blob, len, true, errbuf) ||
+		!append_file(extra, blob, len, false, errbuf))
+	{
+		free(*blob);
+		*blob = NULL;
+		return false;
+	}
+	return true;
 }
 
 /* kms_set_wait_hooks(): how a server process is interrupted and sleeps. */
@@ -365,12 +659,23 @@ kms_progress_cb(void *arg, curl_off_t dltotal, curl_off_t dlnow,
  * headers.  'body' may hold secrets: callers wipe it.
  */
 static CURLcode
-http_once(const ByokKmsConfig *cfg, const char *method, const char *url,
+http_once(const ByokKmsConfig *cfg, bool iam, const char *method, const char *url,
 		  struct curl_slist *headers, const char *payload, long *http_status,
 		  KmsBuffer *body, KmsHeaders *hdrs, char *errbuf)
 {
 	CURL	   *curl;
 	CURLcode	rc;
+	ByokError	uerr;
+	bool		plain_http = false;
+	char	   *ca_blob = NULL;
+	size_t		ca_blob_len = 0;
+
+	/* every request URL passes the same check as the settings */
+	if (!kms_check_url(iam ? "byok.iam_endpoint" : "byok.kms_endpoint", url, &plain_http, &uerr))
+	{
+		snprintf(errbuf, CURL_ERROR_SIZE, "%s: %s", uerr.msg, uerr.detail);
+		return CURLE_URL_MALFORMAT;
+	}
 
 	if (!curl_initialised)
 	{
@@ -384,10 +689,29 @@ http_once(const ByokKmsConfig *cfg, const char *method, const char *url,
 	curl_easy_setopt(curl, CURLOPT_URL, url);
 	curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, errbuf);
-	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, url_is_loopback_http(url) ? "http,https" : "https");
+	curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, plain_http ? "http,https" : "https");
 	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYPEER, 1L);
 	curl_easy_setopt(curl, CURLOPT_SSL_VERIFYHOST, 2L);
-	if (cfg->ca_file[0] != '\0')
+	if (iam)
+	{
+		/* IAM: the system CAs plus byok.iam_ca_file (or byok.kms_ca_file) */
+		if (!iam_ca_blob(curl, cfg, &ca_blob, &ca_blob_len, errbuf))
+		{
+			curl_easy_cleanup(curl);
+			return CURLE_SSL_CACERT_BADFILE;
+		}
+		if (ca_blob != NULL)
+		{
+			struct curl_blob blob;
+
+			blob.data = ca_blob;
+			blob.len = ca_blob_len;
+			blob.flags = CURL_BLOB_COPY;
+			curl_easy_setopt(curl, CURLOPT_CAINFO_BLOB, &blob);
+			free(ca_blob);
+		}
+	}
+	else if (cfg->ca_file[0] != '\0')
 		curl_easy_setopt(curl, CURLOPT_CAINFO, cfg->ca_file);
 	curl_easy_setopt(curl, CURLOPT_TIMEOUT, (long) Max(cfg->timeout_s, 1));
 	curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT, (long) Min(Max(cfg->timeout_s, 1), 10));
@@ -439,14 +763,17 @@ parse_error_body(const KmsBuffer *body, ByokKmsResult *res)
 		/* not JSON: keep the first line of the text */
 		size_t		len = strcspn(body->data, "\r\n");
 
-		snprintf(res->message, sizeof(res->message), "%.*s", (int) Min(len, 200), body->data);
+		char		line[201];
+
+		snprintf(line, sizeof(line), "%.*s", (int) Min(len, 200), body->data);
+		kms_copy_text(res->message, sizeof(res->message), line);
 		return;
 	}
 	if (json_object_object_get_ex(root, "errorCode", &v))	/* IAM */
 	{
-		snprintf(res->reason, sizeof(res->reason), "%s", json_object_get_string(v));
+		kms_copy_json_text(res->reason, sizeof(res->reason), v);
 		if (json_object_object_get_ex(root, "errorMessage", &v))
-			snprintf(res->message, sizeof(res->message), "%s", json_object_get_string(v));
+			kms_copy_json_text(res->message, sizeof(res->message), v);
 	}
 	else if (json_object_object_get_ex(root, "resources", &v) &&
 			 json_object_is_type(v, json_type_array) &&
@@ -456,7 +783,7 @@ parse_error_body(const KmsBuffer *body, ByokKmsResult *res)
 		json_object *reasons;
 
 		if (json_object_object_get_ex(r, "errorMsg", &v))
-			snprintf(res->message, sizeof(res->message), "%s", json_object_get_string(v));
+			kms_copy_json_text(res->message, sizeof(res->message), v);
 		if (json_object_object_get_ex(r, "reasons", &reasons) &&
 			json_object_is_type(reasons, json_type_array) &&
 			json_object_array_length(reasons) > 0)
@@ -464,9 +791,9 @@ parse_error_body(const KmsBuffer *body, ByokKmsResult *res)
 			json_object *r0 = json_object_array_get_idx(reasons, 0);
 
 			if (json_object_object_get_ex(r0, "code", &v))
-				snprintf(res->reason, sizeof(res->reason), "%s", json_object_get_string(v));
+				kms_copy_json_text(res->reason, sizeof(res->reason), v);
 			if (json_object_object_get_ex(r0, "message", &v))
-				snprintf(res->message, sizeof(res->message), "%s", json_object_get_string(v));
+				kms_copy_json_text(res->message, sizeof(res->message), v);
 		}
 	}
 	json_object_put(root);
@@ -509,7 +836,7 @@ http_retryable(long http)
  * body in 'body' (caller wipes).  'what' names the action for the log.
  */
 static bool
-kms_request(const ByokKmsConfig *cfg, const char *what, const char *method,
+kms_request(const ByokKmsConfig *cfg, bool iam, const char *what, const char *method,
 			const char *url, struct curl_slist *headers, const char *payload,
 			const char *correlation_id, KmsBuffer *body, ByokKmsResult *res)
 {
@@ -532,13 +859,13 @@ kms_request(const ByokKmsConfig *cfg, const char *what, const char *method,
 		res->attempts = attempt;
 		res->reason[0] = '\0';
 		res->message[0] = '\0';
-		rc = http_once(cfg, method, url, headers, payload, &http, body, &hdrs, errbuf);
+		rc = http_once(cfg, iam, method, url, headers, payload, &http, body, &hdrs, errbuf);
 		res->http_status = http;
 
 		if (rc != CURLE_OK)
 		{
-			snprintf(res->message, sizeof(res->message), "%s",
-					 errbuf[0] ? errbuf : curl_easy_strerror(rc));
+			kms_copy_text(res->message, sizeof(res->message),
+						  errbuf[0] ? errbuf : curl_easy_strerror(rc));
 			if (rc == CURLE_ABORTED_BY_CALLBACK)
 			{
 				res->status = KMS_ERR_NETWORK;
@@ -554,7 +881,13 @@ kms_request(const ByokKmsConfig *cfg, const char *what, const char *method,
 				retry = true;
 			}
 			else if (rc == CURLE_WRITE_ERROR && body->overflow)
+			{
 				res->status = KMS_ERR_PROTOCOL;
+				snprintf(res->message, sizeof(res->message),
+						 "the answer is larger than %d bytes; refused", MAX_BODY);
+			}
+			else if (rc == CURLE_URL_MALFORMAT)
+				res->status = KMS_ERR_CONFIG;
 			else
 			{
 				res->status = KMS_ERR_NETWORK;
@@ -705,10 +1038,19 @@ iam_token(const ByokKmsConfig *cfg, const char *correlation_id, ByokKmsResult *r
 		return true;
 	kms_forget_token();
 
+	{
+		ByokError	uerr;
+
+		if (!kms_iam_token_url(cfg, url, sizeof(url), &uerr))
+		{
+			res->status = KMS_ERR_CONFIG;
+			snprintf(res->message, sizeof(res->message), "%s: %s", uerr.msg, uerr.detail);
+			res->iam = true;
+			return false;
+		}
+	}
 	if (!read_api_key(cfg, apikey, sizeof(apikey), res))
 		return false;
-	snprintf(url, sizeof(url), "%s/identity/token",
-			 cfg->iam_endpoint[0] ? cfg->iam_endpoint : IAM_DEFAULT_ENDPOINT);
 	if (!curl_initialised)
 	{
 		curl_global_init(CURL_GLOBAL_DEFAULT);
@@ -728,7 +1070,8 @@ iam_token(const ByokKmsConfig *cfg, const char *correlation_id, ByokKmsResult *r
 
 	headers = curl_slist_append(headers, "Content-Type: application/x-www-form-urlencoded");
 	headers = curl_slist_append(headers, "Accept: application/json");
-	ok = kms_request(cfg, "IAM token", "POST", url, headers, form, correlation_id, &body, res);
+	ok = kms_request(cfg, true, "IAM token", "POST", url, headers, form, correlation_id, &body, res);
+	res->iam = !ok;
 	curl_slist_free_all(headers);
 	byok_wipe(form, strlen(form));
 	pfree(form);
@@ -755,10 +1098,12 @@ iam_token(const ByokKmsConfig *cfg, const char *correlation_id, ByokKmsResult *r
 		return false;
 	}
 	snprintf(cached_token, sizeof(cached_token), "%s", json_object_get_string(v));
-	if (json_object_object_get_ex(root, "expires_in", &v))
-		expires_in = json_object_get_int64(v);
+	/* bounded: a hostile lifetime must not pin a token for years */
+	if (json_object_object_get_ex(root, "expires_in", &v) && json_object_is_type(v, json_type_int))
+		expires_in = (long) Max(1, Min(json_object_get_int64(v), MAX_TOKEN_LIFETIME_S));
 	expiration = now + expires_in;
-	if (json_object_object_get_ex(root, "expiration", &v) && json_object_get_int64(v) > 0)
+	if (json_object_object_get_ex(root, "expiration", &v) && json_object_is_type(v, json_type_int) &&
+		json_object_get_int64(v) > now && json_object_get_int64(v) <= now + MAX_TOKEN_LIFETIME_S)
 		expiration = (time_t) json_object_get_int64(v);
 	cached_token_refresh_at = expiration - Max(60, expires_in / 5);
 	if (cached_token_refresh_at <= now)
@@ -798,11 +1143,10 @@ kp_call(const ByokKmsConfig *cfg, const char *what, const char *method,
 		return false;
 	}
 	snprintf(url, sizeof(url), "%s/api/v2/keys/%s%s", base, crn.key_id, suffix);
-	if (strncmp(url, "https://", 8) != 0 && !url_is_loopback_http(url))
+	if (!kms_check_url("byok.kms_endpoint", base, NULL, &err))
 	{
 		res->status = KMS_ERR_CONFIG;
-		snprintf(res->message, sizeof(res->message),
-				 "Key Protect endpoint \"%s\" is not https", base);
+		snprintf(res->message, sizeof(res->message), "%s: %s", err.msg, err.detail);
 		return false;
 	}
 
@@ -814,6 +1158,7 @@ kp_call(const ByokKmsConfig *cfg, const char *what, const char *method,
 
 		if (!iam_token(cfg, correlation_id, res))
 			return false;
+		res->iam = false;
 		snprintf(h, sizeof(h), "Authorization: Bearer %s", cached_token);
 		headers = curl_slist_append(headers, h);
 		byok_wipe(h, sizeof(h));
@@ -824,7 +1169,7 @@ kp_call(const ByokKmsConfig *cfg, const char *what, const char *method,
 		headers = curl_slist_append(headers, "Accept: application/json");
 		if (payload != NULL)
 			headers = curl_slist_append(headers, "Content-Type: application/json");
-		ok = kms_request(cfg, what, method, url, headers, payload, correlation_id, body, res);
+		ok = kms_request(cfg, false, what, method, url, headers, payload, correlation_id, body, res);
 		/* the slist holds the token: wipe its copy */
 		for (struct curl_slist *s = headers; s != NULL; s = s->next)
 			byok_wipe(s->data, strlen(s->data));
@@ -870,18 +1215,145 @@ protocol_error(ByokKmsResult *res, const char *what)
 	return false;
 }
 
-static void
+/* A refused answer: res->message says why (fmt is ours, never KMS text). */
+static bool
+answer_refused(ByokKmsResult *res, const char *fmt,...) pg_attribute_printf(2, 3);
+
+static bool
+answer_refused(ByokKmsResult *res, const char *fmt,...)
+{
+	va_list		ap;
+
+	res->status = KMS_ERR_PROTOCOL;
+	va_start(ap, fmt);
+	vsnprintf(res->message, sizeof(res->message), fmt, ap);
+	va_end(ap);
+	return false;
+}
+
+static bool
+valid_version_id(const char *s)
+{
+	if (s[0] == '\0')
+		return false;
+	for (const char *c = s; *c; c++)
+		if (!((*c >= '0' && *c <= '9') || (*c >= 'a' && *c <= 'z') ||
+			  (*c >= 'A' && *c <= 'Z') || *c == '-' || *c == '_' || *c == '.'))
+			return false;
+	return true;
+}
+
+/*
+ * The key version id under root.field.id.  Absent: empty, true.  Present
+ * but not a short string of letters, digits, '-', '_', '.': false.
+ */
+static bool
 copy_version(json_object *root, const char *field, char *out, size_t outlen)
 {
 	json_object *kv;
 	json_object *id;
 
 	if (out == NULL || outlen == 0)
-		return;
+		return true;
 	out[0] = '\0';
-	if (json_object_object_get_ex(root, field, &kv) &&
-		json_object_object_get_ex(kv, "id", &id))
-		snprintf(out, outlen, "%s", json_object_get_string(id));
+	if (!json_object_object_get_ex(root, field, &kv) ||
+		!json_object_is_type(kv, json_type_object) ||
+		!json_object_object_get_ex(kv, "id", &id))
+		return true;
+	if (!json_object_is_type(id, json_type_string) ||
+		(size_t) json_object_get_string_len(id) >= outlen ||
+		!valid_version_id(json_object_get_string(id)))
+		return false;
+	snprintf(out, outlen, "%s", json_object_get_string(id));
+	return true;
+}
+
+/* Strict base64 (RFC 4648 alphabet, padded, no white space). */
+static bool
+strict_base64(const char *s, size_t len)
+{
+	size_t		pad = 0;
+
+	if (len == 0 || len % 4 != 0)
+		return false;
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = s[i];
+
+		if (c == '=')
+		{
+			if (i < len - 2)
+				return false;
+			pad++;
+		}
+		else if (pad > 0 ||
+				 !((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+				   (c >= '0' && c <= '9') || c == '+' || c == '/'))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Is 'v' an acceptable wrapped key: a JSON string of strict base64, at
+ * most min(ctlen - 1, KMS_CIPHERTEXT_LEN - 1) characters?  Says why not.
+ */
+static bool
+check_ciphertext(json_object *v, size_t ctlen, char *why, size_t whylen)
+{
+	size_t		max = Min(ctlen, (size_t) KMS_CIPHERTEXT_LEN) - 1;
+	size_t		len;
+
+	if (!json_object_is_type(v, json_type_string))
+	{
+		snprintf(why, whylen, "its ciphertext is a JSON %s, not a string",
+				 json_type_to_name(json_object_get_type(v)));
+		return false;
+	}
+	len = (size_t) json_object_get_string_len(v);
+	if (len == 0 || len > max)
+	{
+		snprintf(why, whylen, "its ciphertext is %zu characters long; byok accepts 1 to %zu", len, max);
+		return false;
+	}
+	if (!strict_base64(json_object_get_string(v), len))
+	{
+		snprintf(why, whylen, "its ciphertext is not valid base64");
+		return false;
+	}
+	return true;
+}
+
+/* Parse a JSON answer body (bounded by MAX_BODY); wipes the body. */
+static json_object *
+parse_answer(KmsBuffer *body, ByokKmsResult *res)
+{
+	json_object *root = NULL;
+
+	if (body->data != NULL && body->len > 0)
+	{
+		json_tokener *tok = json_tokener_new();
+
+		if (tok != NULL)
+		{
+			root = json_tokener_parse_ex(tok, body->data, (int) body->len);
+			if (root != NULL && json_tokener_get_error(tok) != json_tokener_success)
+			{
+				json_object_put(root);
+				root = NULL;
+			}
+			json_tokener_free(tok);
+		}
+	}
+	buffer_wipe(body);
+	if (root != NULL && !json_object_is_type(root, json_type_object))
+	{
+		json_object_put(root);
+		root = NULL;
+	}
+	if (root == NULL)
+		answer_refused(res, "Key Protect's answer is not a complete JSON object");
+	return root;
 }
 
 /*
@@ -893,21 +1365,31 @@ static bool
 ciphertext_answer(KmsBuffer *body, const char *version_field, char *ciphertext_out,
 				  size_t ctlen, char *key_version_out, size_t kvlen, ByokKmsResult *res)
 {
-	json_object *root = json_tokener_parse(body->data ? body->data : "");
+	json_object *root = parse_answer(body, res);
 	json_object *v;
+	char		why[256];
 
-	buffer_wipe(body);
-	if (root == NULL || !json_object_object_get_ex(root, "ciphertext", &v) ||
-		(size_t) json_object_get_string_len(v) >= ctlen)
+	if (root == NULL)
+		return false;
+	if (!json_object_object_get_ex(root, "ciphertext", &v))
 	{
-		if (root)
-			json_object_put(root);
+		json_object_put(root);
 		return protocol_error(res, "ciphertext");
 	}
+	if (!check_ciphertext(v, ctlen, why, sizeof(why)))
+	{
+		json_object_put(root);
+		return answer_refused(res, "Key Protect's answer was refused: %s", why);
+	}
 	snprintf(ciphertext_out, ctlen, "%s", json_object_get_string(v));
-	copy_version(root, version_field, key_version_out, kvlen);
-	if (key_version_out && key_version_out[0] == '\0')
-		copy_version(root, "keyVersion", key_version_out, kvlen);
+	if (!copy_version(root, version_field, key_version_out, kvlen) ||
+		(key_version_out && key_version_out[0] == '\0' &&
+		 !copy_version(root, "keyVersion", key_version_out, kvlen)))
+	{
+		byok_wipe(ciphertext_out, ctlen);
+		json_object_put(root);
+		return answer_refused(res, "Key Protect's answer was refused: its key version is not a version id");
+	}
 	json_object_put(root);
 	return true;
 }
@@ -950,9 +1432,12 @@ kms_unwrap(const ByokKmsConfig *cfg, uint64_t sysid, const char *ciphertext,
 	KmsBuffer	body = {0};
 	uint8_t		raw[128];
 	int			n;
+	char		why[256];
 
 	if (rewrapped_ct_out && rctlen)
 		rewrapped_ct_out[0] = '\0';
+	if (rewrapped_version_out && rvlen)
+		rewrapped_version_out[0] = '\0';
 	json_object_object_add(req, "ciphertext", json_object_new_string(ciphertext));
 	json_object_object_add(req, "aad", aad_array(sysid));
 	if (!kp_call_json(cfg, "unwrap", "/actions/unwrap", req, &body, res))
@@ -960,13 +1445,15 @@ kms_unwrap(const ByokKmsConfig *cfg, uint64_t sysid, const char *ciphertext,
 		buffer_wipe(&body);
 		return false;
 	}
-	root = json_tokener_parse(body.data ? body.data : "");
-	buffer_wipe(&body);
-	if (root == NULL || !json_object_object_get_ex(root, "plaintext", &v))
+	root = parse_answer(&body, res);
+	if (root == NULL)
+		return false;
+	if (!json_object_object_get_ex(root, "plaintext", &v) ||
+		!json_object_is_type(v, json_type_string) ||
+		json_object_get_string_len(v) > 64)
 	{
-		if (root)
-			json_object_put(root);
-		return protocol_error(res, "plaintext");
+		json_object_put(root);
+		return protocol_error(res, "plaintext string of key material");
 	}
 	n = pg_b64_decode(json_object_get_string(v), json_object_get_string_len(v),
 					  (char *) raw, sizeof(raw));
@@ -980,14 +1467,37 @@ kms_unwrap(const ByokKmsConfig *cfg, uint64_t sysid, const char *ciphertext,
 				 "Key Protect returned %d bytes of key material; expected %d", n, BYOK_KEY_LEN);
 		return false;
 	}
+	if (!copy_version(root, "keyVersion", key_version_out, kvlen))
+	{
+		byok_wipe(raw, sizeof(raw));
+		json_object_put(root);
+		return answer_refused(res, "Key Protect's answer was refused: its key version is not a version id");
+	}
 	memcpy(material_out, raw, BYOK_KEY_LEN);
 	byok_wipe(raw, sizeof(raw));
-	copy_version(root, "keyVersion", key_version_out, kvlen);
-	if (json_object_object_get_ex(root, "ciphertext", &v) && rewrapped_ct_out &&
-		(size_t) json_object_get_string_len(v) < rctlen)
+
+	/*
+	 * A ciphertext re-wrapped under a newer key version: offered only if it
+	 * is well formed.  A bad one does not fail the unwrap (the key material
+	 * is good); res->rewrap_refused says why it was dropped.
+	 */
+	if (json_object_object_get_ex(root, "ciphertext", &v) && rewrapped_ct_out)
 	{
-		snprintf(rewrapped_ct_out, rctlen, "%s", json_object_get_string(v));
-		copy_version(root, "rewrappedKeyVersion", rewrapped_version_out, rvlen);
+		if (!check_ciphertext(v, rctlen, why, sizeof(why)))
+		{
+			res->rewrap_refused = true;
+			snprintf(res->message, sizeof(res->message),
+					 "the re-wrapped ciphertext in Key Protect's unwrap answer was refused: %s", why);
+		}
+		else if (!copy_version(root, "rewrappedKeyVersion", rewrapped_version_out, rvlen))
+		{
+			res->rewrap_refused = true;
+			snprintf(res->message, sizeof(res->message),
+					 "the re-wrapped ciphertext in Key Protect's unwrap answer was refused: "
+					 "its key version is not a version id");
+		}
+		else
+			snprintf(rewrapped_ct_out, rctlen, "%s", json_object_get_string(v));
 	}
 	json_object_put(root);
 	return true;
@@ -1012,14 +1522,41 @@ kms_rewrap(const ByokKmsConfig *cfg, uint64_t sysid, const char *ciphertext,
 							 key_version_out, kvlen, res);
 }
 
+/*
+ * Rotate.  The key's version is read first: when the answer to a rotate
+ * is lost (connection closed, 5xx) after Key Protect acted, the retry gets
+ * 409 (one rotation per hour); if the version changed since before the
+ * call, the rotation happened and this succeeds.
+ */
 bool
 kms_rotate(const ByokKmsConfig *cfg, ByokKmsResult *res)
 {
 	KmsBuffer	body = {0};
-	bool		ok = kp_call(cfg, "rotate", "POST", "/actions/rotate", "{}", &body, res);
+	ByokKmsKeyInfo before;
+	ByokKmsKeyInfo after;
+	ByokKmsResult check;
+	bool		ok;
 
+	if (!kms_get_key(cfg, &before, res))
+		return false;
+	ok = kp_call(cfg, "rotate", "POST", "/actions/rotate", "{}", &body, res);
 	buffer_wipe(&body);
-	return ok;
+	if (ok || res->http_status != 409 || res->attempts < 2 || before.key_version[0] == '\0')
+		return ok;
+	if (kms_get_key(cfg, &after, &check) && after.key_version[0] != '\0' &&
+		strcmp(after.key_version, before.key_version) != 0)
+	{
+		res->status = KMS_OK;
+		res->rotate_recovered = true;
+		snprintf(res->message, sizeof(res->message),
+				 "the answer to an earlier attempt was lost; Key Protect answered HTTP 409%s%s to the retry, "
+				 "and the key's version changed from %s to %s: the rotation happened",
+				 res->reason[0] ? " " : "", res->reason, before.key_version, after.key_version);
+		kms_log("byok: Key Protect rotate of key %s: %s (correlation id %s)",
+				cfg->key_crn, res->message, res->correlation_id);
+		return true;
+	}
+	return false;
 }
 
 bool
@@ -1037,24 +1574,35 @@ kms_get_key(const ByokKmsConfig *cfg, ByokKmsKeyInfo *info, ByokKmsResult *res)
 		buffer_wipe(&body);
 		return false;
 	}
-	root = json_tokener_parse(body.data ? body.data : "");
-	buffer_wipe(&body);
-	if (root == NULL || !json_object_object_get_ex(root, "resources", &arr) ||
+	root = parse_answer(&body, res);
+	if (root == NULL)
+		return false;
+	if (!json_object_object_get_ex(root, "resources", &arr) ||
 		!json_object_is_type(arr, json_type_array) ||
-		json_object_array_length(arr) < 1)
+		json_object_array_length(arr) < 1 ||
+		!json_object_is_type(json_object_array_get_idx(arr, 0), json_type_object))
 	{
-		if (root)
-			json_object_put(root);
+		json_object_put(root);
 		return protocol_error(res, "key");
 	}
 	k = json_object_array_get_idx(arr, 0);
-	info->state = json_object_object_get_ex(k, "state", &v) ? json_object_get_int(v) : -1;
+	if (!json_object_object_get_ex(k, "state", &v) || !json_object_is_type(v, json_type_int) ||
+		json_object_get_int(v) < 0 || json_object_get_int(v) > 5)
+	{
+		json_object_put(root);
+		return answer_refused(res, "Key Protect's answer was refused: the key's state is not a number from 0 to 5");
+	}
+	info->state = json_object_get_int(v);
 	info->deleted = json_object_object_get_ex(k, "deleted", &v) && json_object_get_boolean(v);
-	copy_version(k, "keyVersion", info->key_version, sizeof(info->key_version));
+	if (!copy_version(k, "keyVersion", info->key_version, sizeof(info->key_version)))
+	{
+		json_object_put(root);
+		return answer_refused(res, "Key Protect's answer was refused: its key version is not a version id");
+	}
 	if (json_object_object_get_ex(k, "lastRotateDate", &v))
-		snprintf(info->last_rotate, sizeof(info->last_rotate), "%s", json_object_get_string(v));
+		kms_copy_json_text(info->last_rotate, sizeof(info->last_rotate), v);
 	if (json_object_object_get_ex(k, "name", &v))
-		snprintf(info->name, sizeof(info->name), "%s", json_object_get_string(v));
+		kms_copy_json_text(info->name, sizeof(info->name), v);
 	json_object_put(root);
 	return true;
 }
@@ -1075,17 +1623,17 @@ kms_list_registrations(const ByokKmsConfig *cfg, ByokKmsRegistration **regs,
 		buffer_wipe(&body);
 		return false;
 	}
-	root = json_tokener_parse(body.data ? body.data : "");
-	buffer_wipe(&body);
+	root = parse_answer(&body, res);
 	if (root == NULL)
-		return protocol_error(res, "registration list");
+		return false;
 	if (!json_object_object_get_ex(root, "resources", &arr) ||
 		!json_object_is_type(arr, json_type_array))
 	{
 		json_object_put(root);
 		return true;			/* no registrations */
 	}
-	n = (int) json_object_array_length(arr);
+	/* bounded: the first MAX_REGISTRATIONS (Key Protect pages at 200 by default) */
+	n = (int) Min(json_object_array_length(arr), (size_t) MAX_REGISTRATIONS);
 	*regs = calloc(Max(n, 1), sizeof(ByokKmsRegistration));
 	if (*regs == NULL)
 	{
@@ -1100,15 +1648,18 @@ kms_list_registrations(const ByokKmsConfig *cfg, ByokKmsRegistration **regs,
 		ByokKmsRegistration *reg = &(*regs)[i];
 		json_object *v;
 
+		if (!json_object_is_type(r, json_type_object))
+			continue;
 		if (json_object_object_get_ex(r, "resourceCrn", &v))
-			snprintf(reg->resource_crn, sizeof(reg->resource_crn), "%s", json_object_get_string(v));
+			kms_copy_json_text(reg->resource_crn, sizeof(reg->resource_crn), v);
 		if (json_object_object_get_ex(r, "description", &v))
-			snprintf(reg->description, sizeof(reg->description), "%s", json_object_get_string(v));
+			kms_copy_json_text(reg->description, sizeof(reg->description), v);
 		reg->prevent_key_deletion = json_object_object_get_ex(r, "preventKeyDeletion", &v) &&
 			json_object_get_boolean(v);
-		copy_version(r, "keyVersion", reg->key_version, sizeof(reg->key_version));
+		if (!copy_version(r, "keyVersion", reg->key_version, sizeof(reg->key_version)))
+			snprintf(reg->key_version, sizeof(reg->key_version), "(invalid)");
 		if (json_object_object_get_ex(r, "creationDate", &v))
-			snprintf(reg->created, sizeof(reg->created), "%s", json_object_get_string(v));
+			kms_copy_json_text(reg->created, sizeof(reg->created), v);
 	}
 	*nregs = n;
 	json_object_put(root);
@@ -1204,6 +1755,20 @@ kms_describe_failure(const ByokKmsConfig *cfg, const char *action,
 						   "could not %s: Key Protect cannot unwrap this cluster's key", action);
 			break;
 		case KMS_ERR_TLS:
+			if (res->iam)
+			{
+				const char *ca = cfg->iam_ca_file[0] ? cfg->iam_ca_file : cfg->ca_file;
+
+				byok_error_set(err, detail,
+							   ca[0] ?
+							   psprintf("IAM's certificate does not verify against the system CAs nor against \"%s\" "
+										"(byok.%s); set byok.iam_ca_file to the CA that signed the IAM endpoint's certificate.",
+										ca, cfg->iam_ca_file[0] ? "iam_ca_file" : "kms_ca_file") :
+							   "IAM's certificate does not verify against the system CAs; set byok.iam_ca_file to the CA "
+							   "that signed it (private IAM endpoints, proxies).",
+							   "could not %s: TLS verification of the IAM endpoint failed", action);
+				break;
+			}
 			byok_error_set(err, detail,
 						   cfg->ca_file[0] ?
 						   psprintf("The endpoint's certificate does not verify against byok.kms_ca_file \"%s\"; "
@@ -1230,10 +1795,27 @@ kms_describe_failure(const ByokKmsConfig *cfg, const char *action,
 						   "could not %s: Key Protect returned a server error", action);
 			break;
 		case KMS_ERR_BAD_REQUEST:
-		case KMS_ERR_PROTOCOL:
+			if (strcmp(res->reason, "KEY_PAYLOAD_REQ_ERR") == 0)
+			{
+				byok_error_set(err, detail,
+							   psprintf("The key was created with imported key material, and Key Protect rotates such a key "
+										"only with new key material, which byok does not hold. Rotate it in Key Protect "
+										"with new material (ibmcloud kp key rotate %s --key-material <base64>); "
+										"the byok key watchdog then rewraps the keyring under the new version.",
+										crn.key_id[0] ? crn.key_id : "<key-id>"),
+							   "could not %s: the Key Protect key has imported key material", action);
+				break;
+			}
 			byok_error_set(err, detail,
 						   "Check byok.kms_endpoint: it must be a Key Protect API endpoint.",
 						   "could not %s: unexpected answer from Key Protect", action);
+			break;
+		case KMS_ERR_PROTOCOL:
+			byok_error_set(err, detail,
+						   "byok refuses answers that are malformed, oversized or do not unwrap to the cluster's key material; "
+						   "nothing was stored. Try again later; if it persists, check that byok.kms_endpoint is a Key Protect "
+						   "API endpoint and that nothing between this server and Key Protect alters its answers.",
+						   "could not %s: Key Protect's answer was refused", action);
 			break;
 	}
 }

@@ -37,7 +37,9 @@ typedef struct ByokKmsConfig
 	bool		private_endpoint;
 	char		iam_endpoint[KMS_TEXT_LEN];
 	char		api_key_file[KMS_TEXT_LEN];
-	char		ca_file[KMS_TEXT_LEN];	/* empty: system CAs */
+	char		ca_file[KMS_TEXT_LEN];	/* Key Protect; empty: system CAs */
+	char		iam_ca_file[KMS_TEXT_LEN];	/* IAM, added to the system CAs;
+											 * empty: ca_file is added */
 	int			timeout_s;		/* per request, connect included */
 	int			max_retries;	/* transient failures */
 } ByokKmsConfig;
@@ -75,6 +77,11 @@ typedef struct ByokKmsResult
 	char		url[KMS_TEXT_LEN];	/* endpoint of the last attempt */
 	int			attempts;
 	double		duration_ms;
+	bool		iam;			/* the failure came from IAM */
+	bool		rewrap_refused; /* unwrap: a bad re-wrapped ciphertext was
+								 * dropped (message says why) */
+	bool		rotate_recovered;	/* rotate: a lost answer, recognised as
+									 * done by the key's version */
 } ByokKmsResult;
 
 /* Key metadata. */
@@ -89,6 +96,20 @@ typedef struct ByokKmsKeyInfo
 
 extern bool byok_crn_parse(const char *crn, ByokCrn *out, ByokError *err);
 extern const char *byok_kms_state_name(int state);
+
+/*
+ * Endpoint URLs, checked with libcurl's URL parser: https, or plain http
+ * for the host written exactly 127.0.0.1, [::1] or localhost; never user
+ * information, a query or a fragment; lower-case scheme.  'setting' names
+ * the parameter in the message.
+ */
+extern bool kms_check_url(const char *setting, const char *value, bool *plain_http,
+						  ByokError *err);
+/* byok.kms_endpoint and byok.iam_endpoint (empty ones are not checked). */
+extern bool kms_check_config(const ByokKmsConfig *cfg, ByokError *err);
+/* The IAM token URL (base + /identity/token; trailing slash, full path ok). */
+extern bool kms_iam_token_url(const ByokKmsConfig *cfg, char *out, size_t outlen,
+							  ByokError *err);
 
 /* The base URL requests go to (configured, or derived from the CRN). */
 extern bool kms_endpoint_url(const ByokKmsConfig *cfg, char *out, size_t outlen,

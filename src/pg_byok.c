@@ -437,6 +437,8 @@ read_conf_defaults(char *key_crn, size_t kclen, char *root_file, size_t rflen)
 				snprintf(kms_opts.iam_endpoint, sizeof(kms_opts.iam_endpoint), "%s", value);
 			else if (strcmp(name, "byok.kms_ca_file") == 0 && !kms_opts_set[3])
 				snprintf(kms_opts.ca_file, sizeof(kms_opts.ca_file), "%s", value);
+			else if (strcmp(name, "byok.iam_ca_file") == 0)
+				snprintf(kms_opts.iam_ca_file, sizeof(kms_opts.iam_ca_file), "%s", value);
 			else if (strcmp(name, "byok.kms_private_endpoint") == 0 && !kms_opts_set[4])
 				kms_opts.private_endpoint = (strcmp(value, "on") == 0 || strcmp(value, "true") == 0);
 			else if (strcmp(name, "byok.kms_timeout") == 0 && !kms_opts_set[5])

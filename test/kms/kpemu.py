@@ -81,7 +81,10 @@ ERROR_TYPE = "application/vnd.ibm.kms.error+json"
 MORE_INFO = "https://cloud.ibm.com/apidocs/key-protect"
 APIKEY_GRANT = "urn:ibm:params:oauth:grant-type:apikey"
 ACCESS_LEVELS = ("manager", "reader", "none")
-FAULT_KINDS = ("latency", "timeout", "status", "malformed", "plaintext")
+FAULT_KINDS = ("latency", "timeout", "status", "malformed", "plaintext", "answer", "lost_answer")
+# `answer` faults: the request is served, then the answer's `ciphertext` is replaced
+ANSWER_MUTATIONS = ("garbage_b64", "object", "number", "huge", "truncated")
+HUGE_CIPHERTEXT_BYTES = 2 * 1024 * 1024
 STATE_FORMAT = 1
 DEK_BYTES = 32
 MAX_PLAINTEXT_BYTES = 7500          # emulator choice (real limit UNCONFIRMED)
@@ -1444,12 +1447,16 @@ class Emulator:
             raise KPError(400, "Bad Request: count must be >= 1")
         if status is not None and not (100 <= status <= 599):
             raise KPError(400, "Bad Request: status must be an HTTP status code")
+        mutate = spec.get("mutate")
+        if kind == "answer" and mutate not in ANSWER_MUTATIONS:
+            raise KPError(400, "Bad Request: an answer fault needs mutate, one of " +
+                          ", ".join(ANSWER_MUTATIONS))
         with self.lock:
             self.fault_seq += 1
             fault = {"id": self.fault_seq, "kind": kind, "remaining": count, "status": status,
                      "retry_after": spec.get("retry_after"), "delay": delay,
                      "path_contains": spec.get("path_contains") or None,
-                     "body": spec.get("body")}
+                     "body": spec.get("body"), "mutate": mutate}
             self.faults.append(fault)
             return dict(fault)
 
@@ -1697,9 +1704,13 @@ class Handler(BaseHTTPRequestHandler):
             ctx.action = "iam.identity.token"
         fault = emu.take_fault(self.path)
         resp = None
+        post_fault = None
         if fault:
             ctx.fault = fault["kind"]
-            resp = self._apply_fault(fault)
+            if fault["kind"] in ("answer", "lost_answer"):
+                post_fault = fault          # serve the request first, then spoil its answer
+            else:
+                resp = self._apply_fault(fault)
         if resp is None:
             try:
                 if iam:
@@ -1711,6 +1722,8 @@ class Handler(BaseHTTPRequestHandler):
             except Exception:                                  # noqa: BLE001
                 traceback.print_exc()
                 resp = KPError(500, "Internal Server Error: kpemu failed; see its stderr").resp()
+        if post_fault is not None:
+            resp = self._spoil_answer(post_fault, resp)
         status = None
         if resp.drop_connection:
             self.close_connection = True
@@ -1771,6 +1784,35 @@ class Handler(BaseHTTPRequestHandler):
         body = fault["body"] if fault["body"] is not None else \
             "%d %s: upstream connect error (injected by kpemu)\n" % (status, phrase(status))
         return Resp(status, body, headers, content_type="text/plain; charset=utf-8")
+
+    @staticmethod
+    def _spoil_answer(fault, resp):
+        """After the request was served (and acted on): lose or corrupt its answer."""
+        if fault["kind"] == "lost_answer":
+            # the action happened; the client never learns it
+            if fault["status"]:
+                return Resp(fault["status"], collection(ERROR_TYPE, [
+                    {"errorMsg": "%s: injected fault after the action (kpemu)" %
+                     phrase(fault["status"])}]))
+            lost = Resp(0)
+            lost.drop_connection = True
+            return lost
+        if not isinstance(resp.body, dict) or resp.status != 200:
+            return resp
+        body = dict(resp.body)
+        mutate = fault["mutate"]
+        if mutate == "truncated":
+            text = json.dumps(body)
+            return Resp(resp.status, text[:len(text) // 2], resp.headers)
+        if mutate == "garbage_b64":
+            body["ciphertext"] = b64e(os.urandom(96))
+        elif mutate == "object":
+            body["ciphertext"] = {"ciphertext": body.get("ciphertext"), "note": "not a string"}
+        elif mutate == "number":
+            body["ciphertext"] = 12345
+        elif mutate == "huge":
+            body["ciphertext"] = "A" * HUGE_CIPHERTEXT_BYTES
+        return Resp(resp.status, body, resp.headers)
 
     def _send(self, resp, cid):
         payload = resp.payload()
@@ -2055,7 +2097,7 @@ def _ctl_request(args):
     if c == "fault":
         body = {"kind": args.kind, "count": args.count, "status": args.status,
                 "retry_after": args.retry_after, "delay": args.delay,
-                "path_contains": args.path_contains, "body": args.body}
+                "path_contains": args.path_contains, "body": args.body, "mutate": args.mutate}
         return "POST", "/_emu/faults", {k: v for k, v in body.items() if v is not None}
     if c == "faults":
         return "GET", "/_emu/faults", None
@@ -2198,6 +2240,8 @@ def build_parser():
     p.add_argument("--delay", type=float)
     p.add_argument("--path-contains", dest="path_contains")
     p.add_argument("--body")
+    p.add_argument("--mutate", choices=ANSWER_MUTATIONS,
+                   help="answer faults: what replaces the answer's ciphertext")
     add("faults", "list pending faults")
     add("clear-faults", "drop all pending faults")
     p = add("advance-clock", "move the emulator clock forward")

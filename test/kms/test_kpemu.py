@@ -918,6 +918,53 @@ class Faults(Base):
             self.assertTrue(r.json["resources"][0]["errorMsg"].startswith("Too Many Requests"))
         self.assertEqual(self.act(k["id"], "wrap", {}).status, 200)
 
+    def test_fault_answer_mutations(self):
+        k = self.create_key()
+        wrapped = self.act(k["id"], "wrap", {"plaintext": base64.b64encode(b"k" * 32).decode()})
+        ct = wrapped.json["ciphertext"]
+        for mutate, check in (
+                ("garbage_b64", lambda r: isinstance(r.json["ciphertext"], str) and
+                 r.json["ciphertext"] != ct and base64.b64decode(r.json["ciphertext"])),
+                ("object", lambda r: isinstance(r.json["ciphertext"], dict)),
+                ("number", lambda r: r.json["ciphertext"] == 12345),
+                ("huge", lambda r: len(r.json["ciphertext"]) == 2 * 1024 * 1024),
+                ("truncated", lambda r: r.json is None and r.status == 200)):
+            self.fault(kind="answer", mutate=mutate, count=1,
+                       path_contains=k["id"] + "/actions/rewrap")
+            r = self.act(k["id"], "rewrap", {"ciphertext": ct})
+            self.assertEqual(r.status, 200, mutate)
+            self.assertTrue(check(r), mutate)
+        # the fault is used up: the next answer is genuine
+        r = self.act(k["id"], "rewrap", {"ciphertext": ct})
+        self.assertEqual(self.act(k["id"], "unwrap", {"ciphertext": r.json["ciphertext"]}).status, 200)
+        with self.assertRaises(Exception):
+            self.fault(kind="answer", mutate="nonsense", count=1)
+
+    def test_fault_lost_answer_after_rotate(self):
+        k = self.create_key()
+        before = self.kp("GET", "keys/%s/metadata" % k["id"]).json["resources"][0]["keyVersion"]["id"]
+        hdrs = {"Authorization": "Bearer " + self.token(), "bluemix-instance": self.instance,
+                "Content-Type": "application/json"}
+        self.fault(kind="lost_answer", count=1, path_contains=k["id"] + "/actions/rotate")
+        with self.assertRaises((http.client.RemoteDisconnected, ConnectionError)):
+            self.emu.request("POST", "/api/v2/keys/%s/actions/rotate" % k["id"], body={},
+                             headers=hdrs)
+        after = self.kp("GET", "keys/%s/metadata" % k["id"]).json["resources"][0]["keyVersion"]["id"]
+        self.assertNotEqual(before, after, "the rotation happened although the answer was lost")
+        r = self.act(k["id"], "rotate", {})
+        self.assertEqual(r.status, 409)
+        self.assertEqual(r.reason_code(), "KEY_ROTATION_NOT_PERMITTED")
+        # with a status: the action happens, the answer is a 5xx
+        self.fault(kind="lost_answer", status=503, count=1, path_contains=k["id"] + "/actions/disable")
+        self.assertEqual(self.act(k["id"], "disable", {}).status, 503)
+        self.assertEqual(self.kp("GET", "keys/%s/metadata" % k["id"]).json["resources"][0]["state"], 2)
+
+    def test_imported_key_rotate_needs_payload(self):
+        k = self.create_key(payload=base64.b64encode(b"i" * 32).decode())
+        r = self.act(k["id"], "rotate", {})
+        self.assertEqual(r.status, 400)
+        self.assertEqual(r.reason_code(), "KEY_PAYLOAD_REQ_ERR")
+
     def test_fault_status_5xx(self):
         self.fault(kind="status", count=1, status=503, path_contains="/identity/token")
         r = self.iam(self.apikey())

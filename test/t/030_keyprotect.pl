@@ -226,10 +226,16 @@ system('openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
 	'-subj', '/CN=not the emulator CA', '-keyout', "$apikey_dir/other-ca.key",
 	'-out', $other_ca) == 0
   or die 'openssl req failed';
-set_conf($node, "byok.kms_ca_file = '$other_ca'\n");
+# (IAM, on the same emulator, keeps the right CA through byok.iam_ca_file:
+# byok.kms_ca_file is for Key Protect)
+set_conf($node, "byok.kms_ca_file = '$other_ca'\nbyok.iam_ca_file = '$emu->{ca_file}'\n");
 start_fails($node,
 	qr/FATAL:  could not unwrap the cluster key: TLS verification of the Key Protect endpoint failed\n.*\n.*HINT:  The endpoint's certificate does not verify against byok.kms_ca_file/,
 	'TLS with the wrong CA');
+set_conf($node, "byok.iam_ca_file = ''\n");
+start_fails($node,
+	qr/FATAL:  could not unwrap the cluster key: TLS verification of the IAM endpoint failed\n.*\n.*HINT:  IAM's certificate does not verify against the system CAs nor against "\Q$other_ca\E" \(byok.kms_ca_file\); set byok.iam_ca_file/,
+	'TLS with the wrong CA for IAM too (byok.iam_ca_file empty: byok.kms_ca_file is added to the system CAs)');
 set_conf($node, "byok.kms_ca_file = '$emu->{ca_file}'\n");
 
 # endpoint down: nothing listens on port 1
@@ -362,6 +368,8 @@ $node->stop;
 	copy($node->data_dir . '/byok/keyring', "$apikey_dir/keyring.good") or die $!;
 	(my $forged = $mine) =~ s/^wrapped_key = .*$/wrapped_key = $theirs_wrapped/m;
 	$forged =~ s/^checksum = sha256:.*\n//m;
+	# the other cluster's keyring has no fallback of this one's key
+	$forged =~ s/^fallback_(key_version|wrapped_key) = .*\n//mg;
 	$forged .= 'checksum = sha256:' . sha256_hex($forged) . "\n";
 	open(my $fh, '>', $node->data_dir . '/byok/keyring') or die $!;
 	print $fh $forged;
