@@ -75,8 +75,10 @@ typedef struct ArenaChunk
 /* A caller's range kept locked and wiped at exit (kms.c's token). */
 typedef struct ProtectedRange
 {
-	void	   *p;
+	void	   *p;				/* the caller's bytes, wiped at exit */
 	size_t		len;
+	void	   *pages;			/* the whole pages around them, locked */
+	size_t		pages_len;
 } ProtectedRange;
 
 #define MAX_RANGES		4
@@ -557,9 +559,9 @@ secmem_lock_all(bool initial)
 	}
 	for (int i = 0; i < n_ranges; i++)
 	{
-		want += ranges[i].len;
-		if (mlock(ranges[i].p, ranges[i].len) == 0)
-			ranges_locked += ranges[i].len;
+		want += ranges[i].pages_len;
+		if (mlock(ranges[i].pages, ranges[i].pages_len) == 0)
+			ranges_locked += ranges[i].pages_len;
 		else
 			ok = false;
 	}
@@ -602,15 +604,20 @@ byok_secmem_protect(void *p, size_t len)
 	uintptr_t	end = ((uintptr_t) p + len + pagesz - 1) & ~((uintptr_t) pagesz - 1);
 
 	for (int i = 0; i < n_ranges; i++)
-		if (ranges[i].p == (void *) start)
+		if (ranges[i].p == p)
 			return;
 	if (n_ranges == MAX_RANGES)
+	{
+		secmem_warn("too many protected memory ranges", NULL, "This is a bug in byok: report it.");
 		return;
+	}
 #ifdef MADV_DONTDUMP
 	(void) madvise((void *) start, end - start, MADV_DONTDUMP);
 #endif
-	ranges[n_ranges].p = (void *) start;
-	ranges[n_ranges].len = end - start;
+	ranges[n_ranges].p = p;
+	ranges[n_ranges].len = len;
+	ranges[n_ranges].pages = (void *) start;
+	ranges[n_ranges].pages_len = end - start;
 	n_ranges++;
 	if (mlock((void *) start, end - start) == 0)
 		ranges_locked += end - start;
