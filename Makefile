@@ -3,12 +3,12 @@ EXTENSION = byok
 MODULE_big = byok
 EXTVERSION = 1.0
 
-OBJS = src/byok.o src/aes_hw.o src/checksum_avx2.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/rmgr.o src/smgr.o src/wal.o src/fileio.o src/watchdog.o src/keystate.o src/sqlfuncs.o
+OBJS = src/byok.o src/aes_hw.o src/checksum_avx2.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/rmgr.o src/secmem.o src/smgr.o src/wal.o src/fileio.o src/watchdog.o src/keystate.o src/sqlfuncs.o
 DATA = byok--$(EXTVERSION).sql
 
 # Frontend program and unit tests share the crypto core and keyring code,
 # compiled a second time with FRONTEND defined.
-FE_OBJS = src/aes_hw.fe.o src/checksum_avx2.fe.o src/crypto.fe.o src/keyring.fe.o src/kms.fe.o src/provider.fe.o
+FE_OBJS = src/aes_hw.fe.o src/checksum_avx2.fe.o src/crypto.fe.o src/keyring.fe.o src/kms.fe.o src/provider.fe.o src/secmem.fe.o
 PROGRAM_FE = pg_byok
 UNIT_TESTS = test/unit/test_crypto test/unit/test_xts
 
@@ -88,7 +88,7 @@ uninstall-pg-byok:
 test/bench/%.o: test/bench/%.c
 	$(CC) $(CFLAGS) $(FE_CPPFLAGS) -c -o $@ $<
 
-test/bench/bench_page: test/bench/bench_page.o src/aes_hw.fe.o src/checksum_avx2.fe.o src/crypto.fe.o
+test/bench/bench_page: test/bench/bench_page.o src/aes_hw.fe.o src/checksum_avx2.fe.o src/crypto.fe.o src/secmem.fe.o
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
 # Benchmarks against stock PostgreSQL in the same run (not part of the test

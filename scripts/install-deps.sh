@@ -18,6 +18,8 @@ packages=(
 	python3
 	openssl curl ca-certificates
 	util-linux passwd
+	# test/t/016_key_hygiene.pl: gcore of the server's processes
+	gdb
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -81,7 +81,7 @@ in_tree() {
 			PATH="$user_path" LANG=C.UTF-8 TMPDIR=/tmp
 		)
 		local v
-		for v in PG_TEST_TIMEOUT_DEFAULT PG_TEST_EXTRA PG_TEST_NOCLEAN; do
+		for v in PG_TEST_TIMEOUT_DEFAULT PG_TEST_EXTRA PG_TEST_NOCLEAN BYOK_GCORE_DIR; do
 			[[ -n ${!v:-} ]] && envv+=("$v=${!v}")
 		done
 		(cd "$src" && runuser -u "$test_user" -- env -i "${envv[@]}" "$@" 9>&-)
@@ -162,6 +162,54 @@ else
 		fi
 	fi
 fi
+
+# ---------------------------------------------------------------------------
+# gcore for the tests (root only).  byok makes every server process
+# non-dumpable, which also refuses ptrace to its own user, so
+# test/t/016_key_hygiene.pl asks root for its cores: it writes NAME.req
+# (a PID) into $BYOK_GCORE_DIR and waits for NAME.done; NAME.core is the
+# core.  Only postgres processes whose every uid is the test user's are
+# dumped, into a private directory first (the request directory is the test
+# user's), then moved into place.
+# ---------------------------------------------------------------------------
+gcore_pid=
+gcore_priv=
+start_gcore_service() {
+	local dir=$workdir/gcore uid postgres_bin
+	uid=$(id -u "$test_user")
+	postgres_bin=$(readlink -f "$(pg_config --bindir)/postgres")
+	gcore_priv=$(mktemp -d /tmp/byok-gcore.XXXXXX) || return 1
+	mkdir -p "$dir" && chown "$test_user:" "$dir" && chmod 0700 "$dir" || return 1
+	export BYOK_GCORE_DIR=$dir
+	(
+		# relative paths from here on: renaming the directory changes nothing
+		cd "$dir" || exit 1
+		priv=$gcore_priv
+		while [[ ! -e $priv/stop ]]; do
+			for req in *.req; do
+				[[ -f $req && ! -L $req ]] || continue
+				name=${req%.req}
+				[[ $name =~ ^[A-Za-z0-9_-]+$ ]] || continue
+				pid=$(head -c 16 -- "$req" | tr -dc 0-9)
+				rm -f -- "$req"
+				rm -f "$priv"/core.* "$priv/log" "$priv/done"
+				if [[ -n $pid ]] &&
+					[[ $(awk '/^Uid:/ {print $2 $3 $4 $5}' "/proc/$pid/status" 2>/dev/null) == "$uid$uid$uid$uid" ]] &&
+					[[ $(readlink -f "/proc/$pid/exe" 2>/dev/null) == "$postgres_bin" ]]; then
+					timeout 300 gcore -o "$priv/core" "$pid" >"$priv/log" 2>&1
+					[[ -f $priv/core.$pid ]] && chown "$test_user:" "$priv/core.$pid" &&
+						mv -f "$priv/core.$pid" "./$name.core"
+				else
+					echo "pid '$pid' is not a postgres process of $test_user" >"$priv/log"
+				fi
+				chown "$test_user:" "$priv/log" && mv -f "$priv/log" "./$name.log"
+				touch "$priv/done" && chown "$test_user:" "$priv/done" && mv -f "$priv/done" "./$name.done"
+			done
+			sleep 0.2
+		done
+	) &
+	gcore_pid=$!
+}
 
 # ---------------------------------------------------------------------------
 # Suites.
@@ -277,6 +325,10 @@ run_suite() {
 	fi
 }
 
+if [[ $as_root -eq 1 && $built -eq 1 ]]; then
+	start_gcore_service || echo "test.sh: could not start the gcore service" >&2
+fi
+
 for suite in "${suites[@]}"; do
 	if [[ $built -eq 1 ]]; then
 		run_suite "$suite"
@@ -292,6 +344,11 @@ if [[ $as_root -eq 1 && $built -eq 1 ]]; then
 	say "reinstall the release build"
 	(cd "$repo" && make -s && make -s install) 9>&- >"$logs/install-release.log" 2>&1 ||
 		echo "test.sh: reinstalling the release build failed, see $logs/install-release.log" >&2
+fi
+if [[ -n $gcore_pid ]]; then
+	touch "$gcore_priv/stop"
+	wait "$gcore_pid"
+	rm -rf "$gcore_priv" "$workdir/gcore"
 fi
 
 # ---------------------------------------------------------------------------

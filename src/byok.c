@@ -46,6 +46,7 @@
 #include "kms.h"
 #include "provider.h"
 #include "rmgr.h"
+#include "secmem.h"
 
 PG_MODULE_MAGIC;
 
@@ -96,6 +97,7 @@ _PG_init(void)
 				 errmsg("byok must be loaded via shared_preload_libraries"),
 				 errdetail("byok encrypts every relation page; it has to be in place before the server reads or writes any."),
 				 errhint("Add 'byok' to shared_preload_libraries in postgresql.conf, run pg_byok enable on the stopped cluster, and start the server.")));
+	byok_secmem_init_server();	/* core dumps off, key memory, before any key */
 
 	DefineCustomStringVariable("byok.root_key_file",
 							   "Local root key file that wraps the cluster key material.",
@@ -337,6 +339,7 @@ byok_startup(void)
 							 "30-day window after a deletion, then start the server: crash recovery brings everything back.")));
 		byok_report(FATAL, ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, &err);
 	}
+	kms_forget_token();			/* no child inherits the IAM token */
 	if (locked)
 	{
 		if (!lock_remove(".", &err))

@@ -49,7 +49,6 @@
 
 #include <stdarg.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -68,6 +67,7 @@
 #include "aes_hw.h"
 #include "checksum_avx2.h"
 #include "crypto.h"
+#include "secmem.h"
 
 StaticAssertDecl(BLCKSZ == BYOK_PAGE_SIZE, "byok supports BLCKSZ 8192 only");
 StaticAssertDecl(XLOG_BLCKSZ == BYOK_WAL_PAGE_SIZE, "byok supports XLOG_BLCKSZ 8192 only");
@@ -101,7 +101,11 @@ StaticAssertDecl((SizeOfXLogShortPHD + BYOK_WAL_HEAD_UNIT) % BYOK_BLOCK_LEN == 0
 #define N_XTS_KEYS			(XK_WAL + 1 + N_FILE_KEYS)
 #define N_SLOTS				2
 
-/* Key material and the hardware round keys, in memory excluded from core dumps. */
+/*
+ * Key material and the hardware round keys, in secmem.c's arena (mlock'ed
+ * in every process, excluded from core dumps).  The OpenSSL contexts are
+ * created inside a secmem capture, so their round keys live there too.
+ */
 typedef struct ByokKeyState
 {
 	uint8_t		material[BYOK_KEY_LEN];	/* cluster key material */
@@ -127,6 +131,9 @@ typedef struct ByokKeySlot
 
 static ByokKeySlot slots[N_SLOTS];
 static ByokKeySlot *cur = &slots[BYOK_SLOT_CURRENT];
+
+/* byok_crypto_wipe runs at exit (before OpenSSL's own clean-up). */
+static bool exit_wipe_registered = false;
 
 /*
  * Which code computes AES: VAES/AVX2 (aes_hw.c) when the CPU has it,
@@ -215,9 +222,13 @@ byok_hkdf(const uint8_t *ikm, size_t ikm_len,
 	EVP_PKEY_CTX *pctx;
 	bool		ok;
 
+	byok_secmem_capture_begin();	/* HKDF's state holds the input key */
 	pctx = EVP_PKEY_CTX_new_id(EVP_PKEY_HKDF, NULL);
 	if (pctx == NULL)
+	{
+		byok_secmem_capture_end();
 		return false;
+	}
 	ok = EVP_PKEY_derive_init(pctx) > 0 &&
 		EVP_PKEY_CTX_set_hkdf_md(pctx, EVP_sha256()) > 0 &&
 		EVP_PKEY_CTX_set1_hkdf_key(pctx, ikm, (int) ikm_len) > 0 &&
@@ -227,23 +238,30 @@ byok_hkdf(const uint8_t *ikm, size_t ikm_len,
 									(int) strlen(info)) > 0 &&
 		EVP_PKEY_derive(pctx, out, &out_len) > 0;
 	EVP_PKEY_CTX_free(pctx);
+	byok_secmem_capture_end();
 	return ok;
 }
 
-/* A cipher context with 'key' set for one direction; NULL on failure. */
+/*
+ * A cipher context with 'key' set for one direction; NULL on failure.
+ * Made inside a secmem capture: the context and its expanded round keys
+ * are in protected memory.
+ */
 static EVP_CIPHER_CTX *
 crypto_new_ctx(const EVP_CIPHER *cipher, const uint8_t *key, int enc)
 {
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	EVP_CIPHER_CTX *ctx;
 
-	if (ctx == NULL)
-		return NULL;
-	if (EVP_CipherInit_ex(ctx, cipher, NULL, key, NULL, enc) != 1 ||
-		EVP_CIPHER_CTX_set_padding(ctx, 0) != 1)
+	byok_secmem_capture_begin();
+	ctx = EVP_CIPHER_CTX_new();
+	if (ctx != NULL &&
+		(EVP_CipherInit_ex(ctx, cipher, NULL, key, NULL, enc) != 1 ||
+		 EVP_CIPHER_CTX_set_padding(ctx, 0) != 1))
 	{
 		EVP_CIPHER_CTX_free(ctx);
-		return NULL;
+		ctx = NULL;
 	}
+	byok_secmem_capture_end();
 	return ctx;
 }
 
@@ -358,21 +376,17 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 
 	if (s->ks == NULL)
 	{
-		void	   *p = mmap(NULL, sizeof(ByokKeyState), PROT_READ | PROT_WRITE,
-							 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-		if (p == MAP_FAILED)
+		s->ks = byok_secmem_alloc(sizeof(ByokKeyState));
+		if (s->ks == NULL)
 		{
-			byok_error_set(err, NULL, NULL, "could not allocate key memory: %m");
+			byok_error_set(err, NULL, NULL, "could not allocate protected key memory");
 			return false;
 		}
-#ifdef MADV_DONTDUMP
-		(void) madvise(p, sizeof(ByokKeyState), MADV_DONTDUMP);
-#endif
-		(void) mlock(p, sizeof(ByokKeyState));
-		s->ks = p;
 	}
+	if (!exit_wipe_registered && atexit(byok_crypto_wipe) == 0)
+		exit_wipe_registered = true;
 	memcpy(s->ks->material, key_material, BYOK_KEY_LEN);
+	byok_secmem_capture_begin();	/* RAND_bytes' and HKDF's state too */
 
 	for (int fc = 0; fc < PAGE_FORK_CLASSES; fc++)
 	{
@@ -428,10 +442,12 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 		byok_aes_hw_expand(s->ks->scratch, &s->ks->marker_hw);
 
 	byok_wipe(s->ks->scratch, sizeof(s->ks->scratch));
+	byok_secmem_capture_end();
 	s->ready = true;
 	return true;
 
 fail:
+	byok_secmem_capture_end();
 	slot_wipe(s);
 	byok_error_set(err, NULL, NULL, "could not set up the XTS-AES-256 cipher contexts");
 	return false;
@@ -561,7 +577,7 @@ byok_xts_raw(const uint8_t key[2 * BYOK_KEY_LEN], const uint8_t tweak[BYOK_BLOCK
 		return false;
 	ok = EVP_CipherInit_ex(ctx, NULL, NULL, NULL, tweak, -1) == 1 &&
 		EVP_CipherUpdate(ctx, out, &outl, in, (int) len) == 1 && (size_t) outl == len;
-	EVP_CIPHER_CTX_free(ctx);
+	EVP_CIPHER_CTX_free(ctx);	/* from the arena, wiped */
 	return ok;
 }
 
@@ -921,14 +937,17 @@ bool
 byok_gcm_wrap(const uint8_t key[BYOK_KEY_LEN], const uint8_t *aad,
 			  size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out)
 {
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	EVP_CIPHER_CTX *ctx;
 	int			outl = 0;
 	int			finl = 0;
 	bool		ok;
 
+	byok_secmem_capture_begin();	/* the root key's schedule */
+	ctx = EVP_CIPHER_CTX_new();
 	if (ctx == NULL || !byok_random_bytes(out, BYOK_GCM_IV_LEN))
 	{
 		EVP_CIPHER_CTX_free(ctx);
+		byok_secmem_capture_end();
 		return false;
 	}
 	ok = EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
@@ -940,6 +959,7 @@ byok_gcm_wrap(const uint8_t key[BYOK_KEY_LEN], const uint8_t *aad,
 		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, BYOK_GCM_TAG_LEN,
 							out + BYOK_GCM_IV_LEN + in_len) == 1;
 	EVP_CIPHER_CTX_free(ctx);
+	byok_secmem_capture_end();
 	return ok;
 }
 
@@ -956,9 +976,13 @@ byok_gcm_unwrap(const uint8_t key[BYOK_KEY_LEN], const uint8_t *aad,
 	if (in_len < BYOK_GCM_IV_LEN + BYOK_GCM_TAG_LEN)
 		return false;
 	ct_len = in_len - BYOK_GCM_IV_LEN - BYOK_GCM_TAG_LEN;
+	byok_secmem_capture_begin();	/* the root key's schedule */
 	ctx = EVP_CIPHER_CTX_new();
 	if (ctx == NULL)
+	{
+		byok_secmem_capture_end();
 		return false;
+	}
 	ok = EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
 		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, BYOK_GCM_IV_LEN, NULL) == 1 &&
 		EVP_DecryptInit_ex(ctx, NULL, NULL, key, in) == 1 &&
@@ -968,6 +992,7 @@ byok_gcm_unwrap(const uint8_t key[BYOK_KEY_LEN], const uint8_t *aad,
 							(void *) (in + BYOK_GCM_IV_LEN + ct_len)) == 1 &&
 		EVP_DecryptFinal_ex(ctx, out + outl, &finl) == 1;
 	EVP_CIPHER_CTX_free(ctx);
+	byok_secmem_capture_end();
 	if (!ok)
 		byok_wipe(out, ct_len);
 	return ok;

@@ -33,6 +33,7 @@
 #include "storage/checksum.h"
 
 #include "crypto_v1.h"
+#include "secmem.h"
 
 #define V1_CLEAR		8		/* pd_lsn */
 #define V1_COUNTER_BITS	9
@@ -41,9 +42,10 @@
 #define V1_WAL_CLEAR	32
 #define V1_WAL_CACHE	8
 
+/* The contexts are made inside a secmem capture; the material is in the arena. */
 static EVP_CIPHER_CTX *v1_page_ctx = NULL;
 static EVP_CIPHER_CTX *v1_iv_ctx[V1_IV_FORKS];
-static uint8_t v1_material[BYOK_KEY_LEN];
+static uint8_t *v1_material = NULL;
 static bool v1_ready = false;
 
 static struct
@@ -56,16 +58,18 @@ static int	v1_wal_next = 0;
 static EVP_CIPHER_CTX *
 v1_ctx(const EVP_CIPHER *cipher, const uint8_t *key)
 {
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	EVP_CIPHER_CTX *ctx;
 
-	if (ctx == NULL)
-		return NULL;
-	if (EVP_EncryptInit_ex(ctx, cipher, NULL, key, NULL) != 1 ||
-		EVP_CIPHER_CTX_set_padding(ctx, 0) != 1)
+	byok_secmem_capture_begin();
+	ctx = EVP_CIPHER_CTX_new();
+	if (ctx != NULL &&
+		(EVP_EncryptInit_ex(ctx, cipher, NULL, key, NULL) != 1 ||
+		 EVP_CIPHER_CTX_set_padding(ctx, 0) != 1))
 	{
 		EVP_CIPHER_CTX_free(ctx);
-		return NULL;
+		ctx = NULL;
 	}
+	byok_secmem_capture_end();
 	return ctx;
 }
 
@@ -73,7 +77,8 @@ void
 byok_v1_wipe(void)
 {
 	v1_ready = false;
-	byok_wipe(v1_material, sizeof(v1_material));
+	if (v1_material != NULL)
+		byok_wipe(v1_material, BYOK_KEY_LEN);
 	EVP_CIPHER_CTX_free(v1_page_ctx);
 	v1_page_ctx = NULL;
 	for (int f = 0; f < V1_IV_FORKS; f++)
@@ -95,6 +100,11 @@ byok_v1_init(const uint8_t material[BYOK_KEY_LEN], ByokError *err)
 	char		info[64];
 
 	byok_v1_wipe();
+	if (v1_material == NULL && (v1_material = byok_secmem_alloc(BYOK_KEY_LEN)) == NULL)
+	{
+		byok_error_set(err, NULL, NULL, "could not allocate protected key memory");
+		return false;
+	}
 	memcpy(v1_material, material, BYOK_KEY_LEN);
 	if (!byok_hkdf(material, BYOK_KEY_LEN, NULL, 0, "byok v1 page data key", k, sizeof(k)) ||
 		(v1_page_ctx = v1_ctx(EVP_aes_256_ctr(), k)) == NULL)

@@ -46,6 +46,7 @@
 #include "common/base64.h"
 
 #include "kms.h"
+#include "secmem.h"
 
 #define IAM_DEFAULT_ENDPOINT	"https://iam.cloud.ibm.com"
 #define IAM_GRANT_TYPE			"urn:ibm:params:oauth:grant-type:apikey"
@@ -1034,6 +1035,7 @@ iam_token(const ByokKmsConfig *cfg, const char *correlation_id, ByokKmsResult *r
 	long		expires_in = 3600;
 	time_t		expiration;
 
+	byok_secmem_protect(cached_token, sizeof(cached_token));	/* locked, no core */
 	if (cached_token[0] != '\0' && now < cached_token_refresh_at)
 		return true;
 	kms_forget_token();

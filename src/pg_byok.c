@@ -44,6 +44,7 @@
 #include "keyring.h"
 #include "kms.h"
 #include "provider.h"
+#include "secmem.h"
 
 #define BYOK_VERSION		"1.0"
 #define ENABLE_JOURNAL		"byok/enable.journal"
@@ -2007,6 +2008,7 @@ main(int argc, char *argv[])
 	const char *cmd;
 	int			c;
 
+	byok_secmem_init(false);	/* first: no core dumps, keys in locked memory */
 	pg_logging_init(argv[0]);
 	progname = get_progname(argv[0]);
 	kms_opts.timeout_s = 30;
