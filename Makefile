@@ -56,7 +56,7 @@ endif
 
 .byok-flavour: FORCE
 	@echo $(BYOK_FLAVOUR) | cmp -s - $@ || echo $(BYOK_FLAVOUR) > $@
-$(OBJS): .byok-flavour
+$(OBJS) src/pg_byok.fe.o: .byok-flavour
 .PHONY: FORCE
 FORCE:
 

@@ -17,7 +17,7 @@
 #include <stdbool.h>
 
 /* The arena's size: ByokKeyState for both key slots and OpenSSL's contexts. */
-#define BYOK_SECMEM_ARENA_SIZE	(256 * 1024)
+#define BYOK_SECMEM_ARENA_SIZE	(1024 * 1024)
 
 /*
  * Set up protected memory in this process (idempotent): the arena, the

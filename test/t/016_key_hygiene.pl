@@ -173,6 +173,8 @@ for my $fc (0 .. 2)
 }
 $keys{"wal $_"} = hkdf($material, "byok v2 wal xts $_ key", 32) for qw(data tweak);
 $keys{'wal marker'} = hkdf($material, 'byok v2 wal marker key', 32);
+$keys{"file $_"} = hkdf($material, "byok v2 file xts $_ key", 32) for qw(data tweak);
+$keys{'file tail'} = hkdf($material, 'byok v2 file tail key', 32);
 
 # Proof that these are the keys in use: the keyed marker of a WAL page.
 $node->safe_psql('postgres', 'CREATE TABLE warm(i int); INSERT INTO warm VALUES (1); CHECKPOINT');

@@ -232,6 +232,10 @@ sub after_kill
 	return ($killed, $state, \@tmp);
 }
 
+# strace must read pg_byok's syscall arguments (-P), which a non-dumpable
+# process refuses; the test build of pg_byok stays dumpable when asked.
+$ENV{BYOK_TEST_DUMPABLE} = 1;
+
 # Run enable under strace, SIGKILLed on entry to the given system call.
 sub strace_kill
 {
