@@ -902,6 +902,13 @@ void
 byok_file_crypt(int fclass, const ByokFileId *id, uint64_t off, bool encrypt,
 				char *buf, size_t len)
 {
+	byok_file_crypt_copy(fclass, id, off, encrypt, buf, buf, len);
+}
+
+void
+byok_file_crypt_copy(int fclass, const ByokFileId *id, uint64_t off, bool encrypt,
+					 const char *in, char *buf, size_t len)
+{
 	uint64_t	pos = off;
 	uint64_t	end = off + len;
 
@@ -919,14 +926,19 @@ byok_file_crypt(int fclass, const ByokFileId *id, uint64_t off, bool encrypt,
 		size_t		tail = (size_t) ((stop - pos) % BYOK_BLOCK_LEN);
 		uint8_t		tweak[BYOK_BLOCK_LEN];
 		uint8_t    *p = (uint8_t *) buf + (pos - off);
+		const uint8_t *q = (const uint8_t *) in + (pos - off);
 
 		if (sector > UINT32_MAX)
 			crypto_bug("file offset beyond 16 TiB");
 		byok_file_tweak(id, (uint32_t) sector, tweak);
 		if (j0 == 0 && nblocks == FILE_SECTOR_BLOCKS)
-			xts_crypt(XK_FILE(fclass), encrypt, tweak, p, p, FILE_SECTOR);
+			xts_crypt(XK_FILE(fclass), encrypt, tweak, q, p, FILE_SECTOR);
 		else
+		{
+			if (q != p)
+				memcpy(p, q, (size_t) (stop - pos));
 			file_sector_crypt(fclass, encrypt, tweak, j0, nblocks, tail, p);
+		}
 		pos = stop;
 	}
 }

@@ -195,6 +195,9 @@ extern void byok_file_tweak(const ByokFileId *id, uint32_t sector,
  */
 extern void byok_file_crypt(int fclass, const ByokFileId *id, uint64_t off,
 							bool encrypt, char *buf, size_t len);
+/* The same from 'in' into 'out' (in == out allowed; otherwise they must not overlap). */
+extern void byok_file_crypt_copy(int fclass, const ByokFileId *id, uint64_t off,
+								 bool encrypt, const char *in, char *out, size_t len);
 
 /* --- primitives --- */
 

@@ -109,6 +109,7 @@ typedef struct FdInfo
 	uint64		dev;
 	bool		append;			/* opened O_APPEND (emulated) */
 	bool		shared;
+	off_t		known_end;		/* the file is at least this long (our own writes) */
 } FdInfo;
 
 /* Shared state: the file lock and the counters. */
@@ -407,6 +408,18 @@ file_pread(int fd, IoClass c, void *buf, size_t count, off_t offset)
 	if (keys_missing())
 		return -1;
 	locked = fd_info[fd].shared && io_lock(LW_SHARED);
+	if (offset % BLK == 0 && count % BLK == 0)
+	{
+		/* whole blocks (BufFile, SLRU pages): straight into the caller's buffer */
+		ssize_t		n = read_full(fd, buf, count, offset);
+		int			save_errno = errno;
+
+		if (n > 0)
+			decrypt_range(fd, c, offset, buf, (size_t) n);
+		io_unlock(locked);
+		errno = save_errno;
+		return n;
+	}
 	while (done < count)
 	{
 		off_t		pos = offset + done;
@@ -498,6 +511,33 @@ file_pwrite(int fd, IoClass c, const void *buf, size_t count, off_t offset)
 		return 0;
 
 	/*
+	 * Whole blocks within what this descriptor has already written (a
+	 * BufFile's, an SLRU's, a spill file's appends): nothing to merge, no
+	 * gap to fill, so no fstat and no lock.  The ciphertext goes from the
+	 * caller's buffer straight into the work buffer.  (known_end can only
+	 * overstate the size if another process truncated the file: temp files
+	 * are truncated only by the process that writes them.)
+	 */
+	if (offset % BLK == 0 && count % BLK == 0 && !fd_info[fd].shared &&
+		offset <= fd_info[fd].known_end)
+	{
+		for (off_t pos = offset; pos < e;)
+		{
+			size_t		clen = Min((size_t) CHUNK, (size_t) (e - pos));
+
+			byok_file_crypt_copy(file_key(c), &fd_info[fd].tweak_id, (uint64) pos, true,
+								 (const char *) buf + (pos - offset), work, clen);
+			if (io_shared)
+				pg_atomic_fetch_add_u64(&io_shared->bytes_encrypted, clen);
+			if (!write_full(fd, work, clen, pos))
+				return pos > offset ? (ssize_t) (pos - offset) : -1;
+			pos += clen;
+		}
+		fd_info[fd].known_end = Max(fd_info[fd].known_end, e);
+		return (ssize_t) count;
+	}
+
+	/*
 	 * Only a write that merges with stored bytes (or a shared file) needs
 	 * the lock: whole blocks written by the one process that owns a temp
 	 * file do not.
@@ -526,11 +566,17 @@ file_pwrite(int fd, IoClass c, const void *buf, size_t count, off_t offset)
 	{
 		size_t		clen = Min((size_t) CHUNK, (size_t) (eb - pos));
 
-		put_range(work, pos, clen, a, head, (size_t) (start - a));
-		put_range(work, pos, clen, start, NULL, (size_t) (offset - start));
-		put_range(work, pos, clen, offset, buf, count);
-		put_range(work, pos, clen, e, tail + (e - tb), (size_t) (eb - e));
-		byok_file_crypt(file_key(c), &fd_info[fd].tweak_id, (uint64) pos, true, work, clen);
+		if (pos >= offset && pos + (off_t) clen <= e)
+			byok_file_crypt_copy(file_key(c), &fd_info[fd].tweak_id, (uint64) pos, true,
+								 (const char *) buf + (pos - offset), work, clen);
+		else
+		{
+			put_range(work, pos, clen, a, head, (size_t) (start - a));
+			put_range(work, pos, clen, start, NULL, (size_t) (offset - start));
+			put_range(work, pos, clen, offset, buf, count);
+			put_range(work, pos, clen, e, tail + (e - tb), (size_t) (eb - e));
+			byok_file_crypt(file_key(c), &fd_info[fd].tweak_id, (uint64) pos, true, work, clen);
+		}
 		if (io_shared)
 			pg_atomic_fetch_add_u64(&io_shared->bytes_encrypted, clen);
 		if (!write_full(fd, work, clen, pos))
@@ -546,6 +592,7 @@ file_pwrite(int fd, IoClass c, const void *buf, size_t count, off_t offset)
 	}
 	byok_wipe(head, sizeof(head));
 	byok_wipe(tail, sizeof(tail));
+	fd_info[fd].known_end = Max(size, eb);
 	io_unlock(locked);
 	return (ssize_t) count;
 
@@ -590,6 +637,7 @@ file_ftruncate(int fd, IoClass c, off_t length)
 		}
 		return 0;
 	}
+	fd_info[fd].known_end = Min(fd_info[fd].known_end, length);
 	if (length == size || length % BLK == 0)
 	{
 		rc = orig()->ftruncate(fd, length);

@@ -2908,7 +2908,15 @@ test_files(void)
 			byok_file_crypt(BYOK_FILE_TEMP, &id, a, false, (char *) buf, b - a);
 			CHECKM(memcmp(buf, plain + a, b - a) == 0, "decrypt [%zu, %zu)", a, b);
 		}
-		TEST_END("temp file cipher: 400 random 16-aligned pieces encrypt and decrypt exactly as the whole file does");
+		/* out of place gives the same bytes, and leaves the input alone */
+		memcpy(other, plain, sizeof(plain));
+		byok_file_crypt_copy(BYOK_FILE_TEMP, &id, 0, true, (const char *) other, (char *) buf, sizeof(plain));
+		CHECK(memcmp(buf, spec, sizeof(plain)) == 0);
+		CHECK(memcmp(other, plain, sizeof(plain)) == 0);
+		byok_file_crypt_copy(BYOK_FILE_TEMP, &id, 4096 + 32, false, (const char *) spec + 4096 + 32,
+							 (char *) buf, 4992);
+		CHECK(memcmp(buf, plain + 4096 + 32, 4992) == 0);
+		TEST_END("temp file cipher: 400 random 16-aligned pieces encrypt and decrypt exactly as the whole file does; out of place too");
 	}
 
 	/* the tweak: inode and device; the keys: temp ephemeral, durable derived */
