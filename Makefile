@@ -102,8 +102,16 @@ bench-quick:
 	bash test/bench/wal.sh --quick
 
 .PHONY: unittest emulatortest taptest install-pg-byok uninstall-pg-byok bench bench-quick
+# Every program runs, even after one failed; the last line is the total.
 unittest: $(UNIT_TESTS)
-	@for t in $(UNIT_TESTS); do ./$$t || exit 1; done
+	@rc=0; p=0; f=0; \
+	for t in $(UNIT_TESTS); do \
+		out=$$(./$$t) || rc=1; echo "$$out"; \
+		line=$$(echo "$$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$$' | tail -n 1); \
+		if [ -z "$$line" ]; then rc=1; f=$$((f + 1)); \
+		else set -- $$line; p=$$((p + $$1)); f=$$((f + $$3)); fi; \
+	done; \
+	echo "$$p passed, $$f failed"; exit $$rc
 
 emulatortest:
 	python3 test/kms/test_kpemu.py
