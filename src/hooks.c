@@ -261,11 +261,10 @@ static void *io_wrapper_slots[IO_NSLOTS];
 static bool io_installed = false;
 static int	io_modules = 0;
 
-static int
-find_dynamic_cb(struct dl_phdr_info *info, size_t size, void *arg)
+/* Fill 'od' from one object's program headers: its base and PT_DYNAMIC. */
+static void
+object_dynamic(const struct dl_phdr_info *info, ObjDynamic *od)
 {
-	ObjDynamic *od = (ObjDynamic *) arg;
-
 	for (int i = 0; i < info->dlpi_phnum; i++)
 	{
 		if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
@@ -275,6 +274,12 @@ find_dynamic_cb(struct dl_phdr_info *info, size_t size, void *arg)
 			od->found = true;
 		}
 	}
+}
+
+static int
+find_dynamic_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	object_dynamic(info, (ObjDynamic *) arg);
 	return 1;					/* the executable only */
 }
 
@@ -471,13 +476,7 @@ find_modules_cb(struct dl_phdr_info *info, size_t size, void *arg)
 		return 0;
 	}
 	od = &ml->mods[ml->n];
-	for (int i = 0; i < info->dlpi_phnum; i++)
-		if (info->dlpi_phdr[i].p_type == PT_DYNAMIC)
-		{
-			od->base = info->dlpi_addr;
-			od->dyn = (const ElfW(Dyn) *) (info->dlpi_addr + info->dlpi_phdr[i].p_vaddr);
-			od->found = true;
-		}
+	object_dynamic(info, od);
 	if (od->found)
 	{
 		strlcpy(od->name, info->dlpi_name, sizeof(od->name));
