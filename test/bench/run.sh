@@ -238,7 +238,7 @@ wait_quiet()
 }
 
 # --- (a) page cipher vs openssl speed -------------------------------------
-log "(a) building bench_page from $REPO/src/crypto.c, aes_hw.c and checksum_avx2.c"
+log "(a) building bench_page from $REPO/src/crypto.c, aes_hw.c, checksum_avx2.c and secmem.c"
 CFLAGS_FE="$("$PG_CONFIG" --cflags) -std=gnu99 -DFRONTEND -D_GNU_SOURCE \
 	-I$REPO/src -I$("$PG_CONFIG" --includedir-server) -I$("$PG_CONFIG" --includedir)/internal"
 LIBS_FE="-L$PKGLIBDIR -lpgcommon -lpgport -lcrypto -lm"
@@ -249,10 +249,11 @@ CFLAGS_AVX2=""
 # shellcheck disable=SC2086,SC2046
 "$CC" $CFLAGS_FE -c -o "$WORK/bin/crypto.o" "$REPO/src/crypto.c" 2>"$WORK/bin/build.log" &&
 	"$CC" $CFLAGS_FE -c -o "$WORK/bin/aes_hw.o" "$REPO/src/aes_hw.c" 2>>"$WORK/bin/build.log" &&
+	"$CC" $CFLAGS_FE -c -o "$WORK/bin/secmem.o" "$REPO/src/secmem.c" 2>>"$WORK/bin/build.log" &&
 	"$CC" $CFLAGS_FE $CFLAGS_AVX2 -c -o "$WORK/bin/checksum_avx2.o" "$REPO/src/checksum_avx2.c" 2>>"$WORK/bin/build.log" &&
 	"$CC" $CFLAGS_FE -c -o "$WORK/bin/bench_page.o" "$BENCH_SRC/bench_page.c" 2>>"$WORK/bin/build.log" &&
 	"$CC" $("$PG_CONFIG" --cflags) "$WORK/bin/bench_page.o" "$WORK/bin/crypto.o" "$WORK/bin/aes_hw.o" \
-		"$WORK/bin/checksum_avx2.o" \
+		"$WORK/bin/checksum_avx2.o" "$WORK/bin/secmem.o" \
 		$("$PG_CONFIG" --ldflags) $LIBS_FE -o "$WORK/bin/bench_page" 2>>"$WORK/bin/build.log" ||
 	{ cat "$WORK/bin/build.log" >&2; die "could not build bench_page"; }
 
