@@ -3,12 +3,15 @@ EXTENSION = byok
 MODULE_big = byok
 EXTVERSION = 1.0
 
-OBJS = src/byok.o src/aes_hw.o src/checksum_avx2.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/rmgr.o src/secmem.o src/smgr.o src/wal.o src/fileio.o src/watchdog.o src/keystate.o src/sqlfuncs.o
+OBJS = src/byok.o src/aes_hw.o src/checksum_avx2.o src/crypto.o src/keyring.o src/kms.o src/provider.o src/hooks.o src/rmgr.o src/secmem.o src/smgr.o src/wal.o src/fileio.o src/watchdog.o src/keystate.o src/sqlfuncs.o src/walpage.o
 DATA = byok--$(EXTVERSION).sql
 
 # Frontend program and unit tests share the crypto core and keyring code,
 # compiled a second time with FRONTEND defined.
-FE_OBJS = src/aes_hw.fe.o src/checksum_avx2.fe.o src/crypto.fe.o src/keyring.fe.o src/kms.fe.o src/provider.fe.o src/secmem.fe.o
+FE_OBJS = src/aes_hw.fe.o src/checksum_avx2.fe.o src/crypto.fe.o src/keyring.fe.o src/kms.fe.o src/provider.fe.o src/secmem.fe.o src/walpage.fe.o
+# pg_byok itself, one file per concern (src/pg_byok.h).
+PG_BYOK_OBJS = src/pg_byok.fe.o src/pg_byok_conf.fe.o src/pg_byok_enable.fe.o src/pg_byok_files.fe.o \
+	src/pg_byok_keys.fe.o src/pg_byok_verify.fe.o src/pg_byok_wal.fe.o
 PROGRAM_FE = pg_byok
 UNIT_TESTS = test/unit/test_crypto test/unit/test_xts
 
@@ -32,7 +35,7 @@ BYOK_FLAVOUR = $(if $(filter 1,$(BYOK_TEST_HOOKS)),test,release)
 ifeq ($(BYOK_FLAVOUR),test)
 PG_CPPFLAGS += -DBYOK_TEST_HOOKS
 endif
-EXTRA_CLEAN = $(FE_OBJS) src/pg_byok.fe.o src/crypto_v1.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
+EXTRA_CLEAN = $(FE_OBJS) $(PG_BYOK_OBJS) src/crypto_v1.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
 	test/unit/*.o test/unit/make_format1 test/bench/bench_page test/bench/*.o .byok-flavour
 
 # No JIT bitcode for this module: it has no SQL-callable hot paths.
@@ -56,7 +59,8 @@ endif
 
 .byok-flavour: FORCE
 	@echo $(BYOK_FLAVOUR) | cmp -s - $@ || echo $(BYOK_FLAVOUR) > $@
-$(OBJS) src/pg_byok.fe.o: .byok-flavour
+$(OBJS) $(PG_BYOK_OBJS): .byok-flavour
+$(PG_BYOK_OBJS): src/pg_byok.h
 .PHONY: FORCE
 FORCE:
 
@@ -68,7 +72,7 @@ test/unit/%.o: test/unit/%.c
 
 all: $(PROGRAM_FE)
 
-$(PROGRAM_FE): src/pg_byok.fe.o src/crypto_v1.fe.o $(FE_OBJS)
+$(PROGRAM_FE): $(PG_BYOK_OBJS) src/crypto_v1.fe.o $(FE_OBJS)
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
 test/unit/test_crypto: test/unit/test_crypto.o src/crypto_v1.fe.o $(FE_OBJS)

@@ -45,6 +45,7 @@
 #include "storage/shmem.h"
 
 #include "byok.h"
+#include "walpage.h"
 
 #define WAL_BUF_PAGES	16		/* pages per internal I/O */
 #define PAGE			BYOK_WAL_PAGE_SIZE
@@ -337,15 +338,15 @@ byok_wal_pwrite(int fd, const void *buf, size_t count, off_t offset)
  * Encrypt every plaintext page of the segments in pg_wal (written by
  * pg_basebackup -X stream, pg_receivewal or pg_resetwal, and recycled
  * segments that still hold such pages), each under its own header's
- * address and timeline.  Runs in the postmaster before any other process
- * exists.
+ * address and timeline: walpage.c's routine, which pg_byok uses too; pages
+ * that are not valid WAL are kept as they are.  Runs in the postmaster
+ * before any other process exists.
  */
 void
 byok_wal_convert_plaintext(const char *waldir, int *segments, int *pages_converted)
 {
 	DIR		   *dir;
 	struct dirent *de;
-	char	   *page = palloc(PAGE);
 
 	*segments = 0;
 	*pages_converted = 0;
@@ -356,40 +357,19 @@ byok_wal_convert_plaintext(const char *waldir, int *segments, int *pages_convert
 	while ((de = readdir(dir)) != NULL)
 	{
 		char		path[MAXPGPATH];
-		int			fd;
-		bool		changed = false;
+		ByokError	err = {0};
+		bool		rewritten;
+		int			zeroed = 0;
 
 		if (strlen(de->d_name) != XLOG_FNAME_LEN ||
 			strspn(de->d_name, "0123456789ABCDEF") != XLOG_FNAME_LEN)
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", waldir, de->d_name);
-		fd = open(path, O_RDWR | PG_BINARY, 0);
-		if (fd < 0)
-			ereport(FATAL, (errcode_for_file_access(),
-							errmsg("could not open file \"%s\": %m", path)));
-		for (off_t off = 0; off < wal_segment_size; off += PAGE)
-		{
-			if (pg_pread(fd, page, PAGE, off) != PAGE)
-				break;
-			if (byok_bytes_are_zero(page, PAGE) ||
-				!byok_wal_page_plain_valid(page, wal_segment_size, off))
-				continue;		/* zero, encrypted, or not a WAL page */
-			byok_wal_page_encrypt(page, page);
-			if (pg_pwrite(fd, page, PAGE, off) != PAGE)
-				ereport(FATAL, (errcode_for_file_access(),
-								errmsg("could not write file \"%s\": %m", path)));
-			changed = true;
-			(*pages_converted)++;
-		}
-		if (changed)
-		{
-			if (pg_fsync(fd) != 0)
-				ereport(FATAL, (errcode_for_file_access(),
-								errmsg("could not fsync file \"%s\": %m", path)));
+		if (!byok_wal_segment_convert(path, wal_segment_size, NULL, false,
+									  &rewritten, pages_converted, &zeroed, &err))
+			byok_report(FATAL, ERRCODE_IO_ERROR, &err);
+		if (rewritten)
 			(*segments)++;
-		}
-		close(fd);
 	}
 	closedir(dir);
-	pfree(page);
 }
