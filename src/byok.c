@@ -101,7 +101,7 @@ _PG_init(void)
 
 	DefineCustomStringVariable("byok.root_key_file",
 							   "Local root key file that wraps the cluster key material.",
-							   "Empty means the path recorded in the keyring by pg_byok enable.",
+							   "Empty means the path recorded in the keyring by pg_byok enable. Keep it off the data directory's volume: the server warns at start when both are on one device.",
 							   GUC_SETTING(root_key_file), "", PGC_POSTMASTER, 0,
 							   NULL, NULL, NULL);
 	DefineCustomStringVariable("byok.key_crn",
@@ -352,6 +352,21 @@ byok_startup(void)
 	}
 	if (strcmp(kr->provider, BYOK_PROVIDER_KEYPROTECT) == 0)
 		startup_contact = GetCurrentTimestamp();
+	else
+	{
+		ByokError	warn = {0};
+
+		/* a local root key on the data volume travels with every copy of it */
+		if (root_key_same_device(root.root_key_file[0] ? root.root_key_file : kr->root_key_file,
+								 DataDir, &warn))
+		{
+			char		msg[sizeof(warn.msg)];
+
+			snprintf(msg, sizeof(msg), "byok: %s", warn.msg);
+			strlcpy(warn.msg, msg, sizeof(warn.msg));
+			byok_report(WARNING, ERRCODE_WARNING, &warn);
+		}
+	}
 
 	/* Key Protect re-wrapped under a newer key version: keep it */
 	if (changed)

@@ -25,10 +25,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "common/base64.h"
+#include "common/file_perm.h"
 
 #include "keyring.h"
 
@@ -126,16 +128,21 @@ byok_durable_rename(const char *from, const char *to, ByokError *err)
 	return byok_fsync_path(dir, true, err);
 }
 
-/* Write all of buf to a new file (mode 0600), fsynced. */
+/*
+ * Write all of buf to a new file with 'mode', fsynced.  Files in the data
+ * directory (keyring, lock: wrapped material only) get the cluster's
+ * pg_file_create_mode, so that a cluster made with initdb
+ * --allow-group-access stays readable for its group's backup tools; the
+ * root key file is always 0600.
+ */
 static bool
 write_new_file(const char *path, const char *buf, size_t len, bool exclusive,
-			   ByokError *err)
+			   mode_t mode, ByokError *err)
 {
 	int			fd;
 	size_t		done = 0;
 
-	fd = open(path, O_WRONLY | O_CREAT | (exclusive ? O_EXCL : O_TRUNC),
-			  S_IRUSR | S_IWUSR);
+	fd = open(path, O_WRONLY | O_CREAT | (exclusive ? O_EXCL : O_TRUNC), mode);
 	if (fd < 0)
 	{
 		byok_error_set(err, NULL, NULL, "could not create file \"%s\": %m", path);
@@ -429,7 +436,7 @@ keyring_write(const char *datadir, ByokKeyring *kr, ByokError *err)
 	snprintf(path, sizeof(path), "%s/%s", datadir, BYOK_KEYRING_FILE);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 
-	if (mkdir(dir, S_IRWXU) != 0 && errno != EEXIST)
+	if (mkdir(dir, pg_dir_create_mode) != 0 && errno != EEXIST)
 	{
 		byok_error_set(err, NULL, NULL, "could not create directory \"%s\": %m", dir);
 		return false;
@@ -521,12 +528,12 @@ keyring_write_bytes(const char *datadir, const char *buf, size_t len,
 	snprintf(dir, sizeof(dir), "%s/%s", datadir, BYOK_DIR);
 	snprintf(path, sizeof(path), "%s/%s", datadir, BYOK_KEYRING_FILE);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	if (mkdir(dir, S_IRWXU) != 0 && errno != EEXIST)
+	if (mkdir(dir, pg_dir_create_mode) != 0 && errno != EEXIST)
 	{
 		byok_error_set(err, NULL, NULL, "could not create directory \"%s\": %m", dir);
 		return false;
 	}
-	return write_new_file(tmp, buf, len, false, err) &&
+	return write_new_file(tmp, buf, len, false, pg_file_create_mode, err) &&
 		byok_durable_rename(tmp, path, err) &&
 		byok_fsync_path(datadir, true, err);
 }
@@ -644,7 +651,7 @@ root_key_create(const char *path, uint8_t key[BYOK_KEY_LEN], ByokError *err)
 	hex_encode_bytes(key, BYOK_KEY_LEN, hex);
 	strcat(hex, "\n");
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	ok = write_new_file(tmp, hex, strlen(hex), false, err);
+	ok = write_new_file(tmp, hex, strlen(hex), false, S_IRUSR | S_IWUSR, err);
 	byok_wipe(hex, sizeof(hex));
 	if (!ok)
 	{
@@ -667,6 +674,34 @@ root_key_create(const char *path, uint8_t key[BYOK_KEY_LEN], ByokError *err)
 	else
 		strcpy(dir, ".");
 	return byok_fsync_path(dir, true, err);
+}
+
+/*
+ * Is the root key file on the same device (st_dev) as the data directory?
+ * Then every copy of that volume -- a snapshot, a disk image, a
+ * file-system backup -- holds the wrapped key material together with the
+ * key that unwraps it.  Fills 'warn' (message, detail, hint) if so; a file
+ * that cannot be examined is not reported here (loading it reports that).
+ */
+bool
+root_key_same_device(const char *root_key_file, const char *datadir, ByokError *warn)
+{
+	struct stat kst;
+	struct stat dst;
+	char		detail[512];
+
+	if (root_key_file == NULL || root_key_file[0] == '\0' ||
+		stat(root_key_file, &kst) != 0 || stat(datadir, &dst) != 0 ||
+		kst.st_dev != dst.st_dev)
+		return false;
+	snprintf(detail, sizeof(detail),
+			 "Both are on device %u:%u. A snapshot, image or file-system backup of that volume holds the wrapped key material and the key that unwraps it, so it is not protected by the encryption.",
+			 (unsigned) major(kst.st_dev), (unsigned) minor(kst.st_dev));
+	byok_error_set(warn, detail,
+				   "Move the root key file to a volume that is not in the data directory's backups, and set byok.root_key_file in postgresql.conf to its new path (pg_byok: --root-key-file).",
+				   "the local root key file \"%s\" is on the same device as the data directory \"%s\"",
+				   root_key_file, datadir);
+	return true;
 }
 
 /* --- the local provider ------------------------------------------------- */
@@ -742,7 +777,7 @@ lock_write(const char *datadir, const ByokLock *lock, ByokError *err)
 				   "# byok lock: the cluster is locked because its key is unusable.\n"
 				   "reason = %s\nkey_crn = %s\nkey_version = %s\nlocked_at = %s\nkms_answer = %s\n",
 				   l.reason, l.key_crn, l.key_version, l.locked_at, l.kms_answer);
-	return write_new_file(tmp, buf, Min(len, (int) sizeof(buf) - 1), false, err) &&
+	return write_new_file(tmp, buf, Min(len, (int) sizeof(buf) - 1), false, pg_file_create_mode, err) &&
 		byok_durable_rename(tmp, path, err);
 }
 

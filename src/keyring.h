@@ -106,6 +106,10 @@ extern bool root_key_create(const char *path, uint8_t key[BYOK_KEY_LEN],
 							ByokError *err);
 extern void root_key_fingerprint(const uint8_t key[BYOK_KEY_LEN], char out[65]);
 
+/* Same device as the data directory?  Fills 'warn' with what to say. */
+extern bool root_key_same_device(const char *root_key_file, const char *datadir,
+								 ByokError *warn);
+
 /*
  * Local provider: wrap / unwrap the key material under a root key, bound
  * to the cluster by AAD.  unwrap handles key material: caller wipes.

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "common/controldata_utils.h"
+#include "common/file_perm.h"
 #include "common/logging.h"
 #include "getopt_long.h"
 
@@ -87,14 +88,18 @@ usage(void)
 	printf("            or another Key Protect key); no data is rewritten\n");
 	printf("\nOptions:\n");
 	printf("  -D, --pgdata=DATADIR        data directory (default: $PGDATA)\n");
-	printf("      --root-key-file=FILE    local root key (enable creates it if missing;\n");
-	printf("                              default: DATADIR.byok-root.key)\n");
+	printf("  -c, --config-file=FILE      the cluster's postgresql.conf (default: DATADIR's, or\n");
+	printf("                              the postgresql-common cluster whose data is DATADIR)\n");
+	printf("      --config-dir=DIR        directory holding the cluster's postgresql.conf\n");
+	printf("      --root-key-file=FILE    local root key (enable creates it if missing; default:\n");
+	printf("                              byok.root_key_file, else CONFIGDIR/byok-root.key when\n");
+	printf("                              the configuration is outside DATADIR; else required)\n");
 	printf("      --key-crn=CRN           full CRN of a Key Protect root key\n");
 	printf("      --local                 rekey: move to a local root key\n");
 	printf("      --backup-key-crn=CRN    enable: also wrap the key material by this backup key\n");
 	printf("      --use-backup-key        restore-prepare: unwrap with the keyring's backup key\n");
 	printf("  -P, --progress              show progress (default on a terminal)\n");
-	printf("\nKMS options (default: the byok.* settings in DATADIR/postgresql.conf):\n");
+	printf("\nKMS options (default: the byok.* settings of the cluster's configuration):\n");
 	printf("      --api-key-file=FILE     IBM Cloud API key (mode 0600)\n");
 	printf("      --kms-endpoint=URL      Key Protect endpoint (default: from the CRN's region)\n");
 	printf("      --kms-private-endpoint  use private.<region>.kms.cloud.ibm.com\n");
@@ -174,6 +179,8 @@ main(int argc, char *argv[])
 		{"local", no_argument, NULL, 3},
 		{"backup-key-crn", required_argument, NULL, 4},
 		{"use-backup-key", no_argument, NULL, 5},
+		{"config-file", required_argument, NULL, 'c'},
+		{"config-dir", required_argument, NULL, 6},
 		{"api-key-file", required_argument, NULL, 10},
 		{"kms-endpoint", required_argument, NULL, 11},
 		{"iam-endpoint", required_argument, NULL, 12},
@@ -187,6 +194,8 @@ main(int argc, char *argv[])
 	};
 	const char *cmd;
 	int			c;
+	char	   *opt_config_file = NULL;
+	char	   *opt_config_dir = NULL;
 
 	/* first: no core dumps, keys in locked memory */
 #ifdef BYOK_TEST_HOOKS
@@ -222,7 +231,7 @@ main(int argc, char *argv[])
 	argv++;
 	argc--;
 
-	while ((c = getopt_long(argc, argv, "D:PV?", long_options, NULL)) != -1)
+	while ((c = getopt_long(argc, argv, "c:D:PV?", long_options, NULL)) != -1)
 	{
 		switch (c)
 		{
@@ -243,6 +252,12 @@ main(int argc, char *argv[])
 				break;
 			case 5:
 				opt_use_backup_key = true;
+				break;
+			case 'c':
+				opt_config_file = pg_strdup(optarg);
+				break;
+			case 6:
+				opt_config_dir = pg_strdup(optarg);
 				break;
 			case 10:
 				snprintf(kms_opts.api_key_file, sizeof(kms_opts.api_key_file), "%s",
@@ -289,16 +304,28 @@ main(int argc, char *argv[])
 	{
 		const char *env = getenv("PGDATA");
 
-		if (env == NULL || env[0] == '\0')
-		{
-			pg_log_error("no data directory specified");
-			pg_log_error_hint("Use -D DATADIR or set PGDATA.");
-			exit(1);
-		}
-		datadir = pg_strdup(env);
+		if (env != NULL && env[0] != '\0')
+			datadir = pg_strdup(env);
+	}
+	if (datadir != NULL)
+	{
+		canonicalize_path(datadir);
+		datadir = make_absolute_path(datadir);
+	}
+
+	/* the cluster's configuration; -D may have named its directory */
+	conf_load(opt_config_file, opt_config_dir);
+	if (datadir == NULL)
+	{
+		pg_log_error("no data directory specified");
+		pg_log_error_hint("Use -D DATADIR, -c CONFIG_FILE or set PGDATA.");
+		exit(1);
 	}
 	canonicalize_path(datadir);
-	datadir = make_absolute_path(datadir);
+
+	/* files pg_byok creates get the cluster's modes (initdb --allow-group-access) */
+	if (GetDataDirectoryCreatePerm(datadir))
+		umask(pg_mode_mask);
 
 	if (strcmp(cmd, "enable") == 0)
 		cmd_enable();

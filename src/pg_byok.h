@@ -75,6 +75,31 @@ extern int	str_cmp(const void *a, const void *b);
 
 /* --- the cluster's configuration (pg_byok_conf.c) --- */
 
+/* What the cluster's configuration says (see pg_byok_conf.c). */
+typedef struct ByokConf
+{
+	char		config_file[MAXPGPATH];	/* the postgresql.conf read; "" if none */
+	char		config_dir[MAXPGPATH];	/* its directory */
+	bool		separate_config;	/* config_dir is not the data directory */
+	char		debian_cluster[64];	/* "15/main": found under PG_CLUSTER_CONF_ROOT */
+	char		data_directory[MAXPGPATH];	/* the data_directory setting, absolute */
+	char		key_crn[KMS_TEXT_LEN];
+	char		backup_key_crn[KMS_TEXT_LEN];
+	char		root_key_file[MAXPGPATH];	/* absolute (relative: to DATADIR) */
+	ByokKmsConfig kms;			/* the byok.kms_* / iam_* settings */
+	bool		kms_set[8];		/* which of the non-text ones were set */
+} ByokConf;
+
+extern ByokConf conf;
+
+/*
+ * Find and read the configuration (-c FILE, --config-dir DIR, DATADIR's,
+ * or the postgresql-common cluster of DATADIR) and DATADIR's
+ * postgresql.auto.conf.  May set datadir: from data_directory, and when
+ * -D named a configuration directory.  Exits on a file it cannot parse.
+ */
+extern void conf_load(const char *opt_config_file, const char *opt_config_dir);
+
 /*
  * The byok.* settings of the cluster's configuration, as defaults for
  * options not given on the command line: key_crn and root_file get the
@@ -104,6 +129,17 @@ extern void load_keys(ByokKeyring *kr, uint64 sysid);
  * a running server first.  Returns pg_control.  Exits on any failure.
  */
 extern ControlFileData *load_cluster_keys(ByokKeyring *kr, bool require_stopped);
+
+/*
+ * Where a new local root key goes when neither --root-key-file nor
+ * byok.root_key_file says: CONFIGDIR/byok-root.key when the configuration
+ * is outside the data directory (Debian: /etc/postgresql/15/main);
+ * otherwise exits with an error that says what to pass.
+ */
+extern void default_root_key_file(char *out, size_t len);
+
+/* Warn if the root key file and the data directory share a device. */
+extern void warn_root_key_device(const char *root_key_file);
 
 /* The keyring of a stopped cluster, checked against its pg_control. */
 extern void keyring_of_stopped_cluster(ByokKeyring *kr);

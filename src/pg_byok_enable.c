@@ -86,7 +86,7 @@ cmd_enable(void)
 
 			if (root.root_key_file[0] == '\0')
 			{
-				snprintf(defpath, sizeof(defpath), "%s.byok-root.key", datadir);
+				default_root_key_file(defpath, sizeof(defpath));
 				snprintf(root.root_key_file, sizeof(root.root_key_file), "%s", defpath);
 			}
 			snprintf(root.root_key_file, sizeof(root.root_key_file), "%s",
@@ -127,6 +127,8 @@ cmd_enable(void)
 		byok_wipe(material, sizeof(material));
 		if (!keyring_write(datadir, &kr, &err))
 			report_error_and_exit(&err);
+		if (strcmp(root.provider, BYOK_PROVIDER_LOCAL) == 0)
+			warn_root_key_device(root.root_key_file);
 	}
 
 	rewrite_relation_files(cf, ENABLE_JOURNAL, &files_done, &done, &start);
@@ -149,8 +151,8 @@ cmd_enable(void)
 			   progname, (unsigned long long) files_done, done / (1024.0 * 1024.0), secs,
 			   secs > 0 ? done / (1024.0 * 1024.0) / secs : 0.0,
 			   resumed ? ", resumed" : "");
-		printf("%s: cluster \"%s\" is encrypted; add shared_preload_libraries = 'byok' to postgresql.conf and start it\n",
-			   progname, datadir);
+		printf("%s: cluster \"%s\" is encrypted; add shared_preload_libraries = 'byok' to \"%s\" (or a file it includes) and start it\n",
+			   progname, datadir, conf.config_file[0] ? conf.config_file : "postgresql.conf");
 	}
 }
 

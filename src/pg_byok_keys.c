@@ -65,6 +65,37 @@ load_keys(ByokKeyring *kr, uint64 sysid)
 	byok_wipe(material, sizeof(material));
 }
 
+void
+default_root_key_file(char *out, size_t len)
+{
+	char		name[MAXPGPATH];
+
+	if (conf.separate_config && conf.config_dir[0] != '\0')
+	{
+		snprintf(out, len, "%s/byok-root.key", conf.config_dir);
+		return;
+	}
+	snprintf(name, sizeof(name), "%s", datadir);
+	pg_log_error("no location for the local root key of \"%s\"", datadir);
+	pg_log_error_detail("pg_byok does not put it beside the data directory (as \"%s.byok-root.key\" it would be on the data volume, in every snapshot and file-system backup of it, with the data it protects).",
+						datadir);
+	pg_log_error_hint("Pass --root-key-file FILE with a path on another volume (for example --root-key-file /etc/byok/%s.root.key), or set byok.root_key_file in postgresql.conf; or use Key Protect (--key-crn).",
+					  get_progname(name));
+	exit(1);
+}
+
+void
+warn_root_key_device(const char *root_key_file)
+{
+	ByokError	warn = {0};
+
+	if (!root_key_same_device(root_key_file, datadir, &warn))
+		return;
+	pg_log_warning("%s", warn.msg);
+	pg_log_warning_detail("%s", warn.detail);
+	pg_log_warning_hint("%s", warn.hint);
+}
+
 ControlFileData *
 load_cluster_keys(ByokKeyring *kr, bool require_stopped)
 {
@@ -272,7 +303,8 @@ cmd_rekey(void)
 		char		defpath[MAXPGPATH];
 
 		snprintf(new_root.provider, sizeof(new_root.provider), "%s", BYOK_PROVIDER_LOCAL);
-		snprintf(defpath, sizeof(defpath), "%s.byok-root.key", datadir);
+		if (root_key_path == NULL)
+			default_root_key_file(defpath, sizeof(defpath));
 		snprintf(new_root.root_key_file, sizeof(new_root.root_key_file), "%s",
 				 make_absolute_path(root_key_path ? root_key_path : defpath));
 	}
@@ -283,6 +315,8 @@ cmd_rekey(void)
 	byok_audit("byok.rekey", kr.key_crn, kr.key_version, "", true, 0, old_desc);
 	printf("%s: the cluster key of \"%s\" is now wrapped by %s (key version %s); no data was rewritten\n",
 		   progname, datadir, kr.key_crn[0] ? kr.key_crn : kr.root_key_file, kr.key_version);
+	if (!opt_key_crn)
+		warn_root_key_device(kr.root_key_file);
 	if (opt_key_crn)
 		printf("%s: set byok.key_crn = '%s' and byok.api_key_file in postgresql.conf before starting the server\n",
 			   progname, opt_key_crn);

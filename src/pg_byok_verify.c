@@ -54,6 +54,10 @@ cmd_status(void)
 					strcmp(kr.state, BYOK_STATE_ROTATING) == 0 ? "rotate-data-key" : "enable") :
 		   kr.format != BYOK_FORMAT ? "on, on-disk format 1 (superseded: run pg_byok convert)" : "on");
 	printf("keyring state:       %s\n", kr.state);
+	if (conf.config_file[0])
+		printf("configuration:       %s%s%s%s\n", conf.config_file,
+			   conf.debian_cluster[0] ? " (postgresql-common cluster " : "",
+			   conf.debian_cluster, conf.debian_cluster[0] ? ")" : "");
 	printf("on-disk format:      %d\n", kr.format);
 	printf("cipher:              %s\n", kr.cipher);
 	printf("provider:            %s\n", kr.provider);
@@ -61,8 +65,14 @@ cmd_status(void)
 		printf("key CRN:             %s\n", kr.key_crn);
 	else
 	{
+		const char *in_use = root_key_path ? root_key_path :
+			conf.root_key_file[0] ? conf.root_key_file : kr.root_key_file;
+
 		printf("root key file:       %s\n", kr.root_key_file);
+		if (strcmp(in_use, kr.root_key_file) != 0)
+			printf("root key file used:  %s (byok.root_key_file)\n", in_use);
 		printf("root key id:         %s\n", kr.root_key_id);
+		warn_root_key_device(in_use);
 	}
 	printf("key version:         %s\n", kr.key_version);
 	printf("system identifier:   %llu%s\n", (unsigned long long) kr.system_identifier,
