@@ -139,7 +139,13 @@ sub _tmp_check
 =item root_key_path($name)
 
 Where new_encrypted_node keeps the local root key of node C<$name>:
-C<$tmp_check/$name.rootkey>.
+C<$tmp_check/$name.rootkey>.  It is on the same device as the nodes' data
+directories (both under C<$tmp_check>), so the server's start-up and
+C<pg_byok enable> / C<status> say so in a WARNING (I<"the local root key file
+... is on the same device as the data directory">); only moving the key
+silences it, which the suite does not do.  C<pg_byok enable> needs an
+explicit C<--root-key-file> (or C<byok.root_key_file>) in initdb's layout:
+new_encrypted_node always passes this path.
 
 =cut
 
