@@ -72,8 +72,8 @@ typedef struct RelFileList
 	uint64		total_bytes;
 } RelFileList;
 
-static const char *progname;
-static char *datadir = NULL;
+const char *progname;
+char	   *datadir = NULL;
 static char *root_key_path = NULL;
 static char *opt_key_crn = NULL;
 static char *opt_backup_key_crn = NULL;
@@ -104,7 +104,7 @@ static void keyring_of_stopped_cluster(ByokKeyring *kr);
 
 /* --- small helpers ------------------------------------------------------ */
 
-static void
+void
 report_error_and_exit(const ByokError *err)
 {
 	pg_log_error("%s", err->msg);
@@ -136,6 +136,7 @@ usage(void)
 	printf("  %s rekey -D DATADIR {--key-crn CRN | --local [--root-key-file FILE]} [KMS OPTIONS]\n", progname);
 	printf("  %s convert -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
 	printf("  %s rotate-data-key -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
+	printf("  %s exec -D DATADIR [--root-key-file FILE | KMS OPTIONS] -- TOOL [ARGS...]\n", progname);
 	printf("  %s waldump -D DATADIR [-- PG_WALDUMP_OPTIONS]\n", progname);
 	printf("  %s restore-prepare -D DATADIR --key-crn NEW_CRN [--use-backup-key] [KMS OPTIONS]\n", progname);
 	printf("\nCommands:\n");
@@ -147,7 +148,10 @@ usage(void)
 	printf("            (AES-256-XTS), same key material (crash-safe, resumable)\n");
 	printf("  rotate-data-key  re-encrypt every relation file and WAL segment under new\n");
 	printf("            random key material (crash-safe, resumable); the old material is removed\n");
-	printf("  waldump   decrypt the WAL segments and show them with pg_waldump\n");
+	printf("  exec      run a stock PostgreSQL tool (pg_waldump, pg_rewind, pg_verifybackup,\n");
+	printf("            pg_receivewal, pg_basebackup, pg_resetwal, pg_archivecleanup) with\n");
+	printf("            DATADIR's keys: WAL it reads is decrypted, WAL it writes encrypted, in memory\n");
+	printf("  waldump   pg_waldump on DATADIR/pg_wal through exec\n");
 	printf("  restore-prepare  make a restored copy start under its own new disk key,\n");
 	printf("            unwrapping with the backup key (--use-backup-key) or the copy's disk key\n");
 	printf("  rekey     re-wrap the cluster key under another root key (local <-> Key Protect,\n");
@@ -173,7 +177,7 @@ usage(void)
 }
 
 /* pg_control, checked. */
-static ControlFileData *
+ControlFileData *
 read_control_file(void)
 {
 	bool		crc_ok;
@@ -472,7 +476,7 @@ configured_root(const ByokKeyring *kr, ByokRootKey *root)
 }
 
 /* Unwrap the key material of 'kr' and set up the cipher; handles keys. */
-static void
+void
 load_keys(ByokKeyring *kr, uint64 sysid)
 {
 	ByokError	err = {0};
@@ -581,7 +585,7 @@ is_segment_name(const char *name)
 }
 
 /* Sorted names of the WAL segments in DATADIR/pg_wal. */
-static char **
+char	  **
 list_wal_segments(int *count)
 {
 	char		path[MAXPGPATH];
@@ -1823,93 +1827,10 @@ cmd_restore_prepare(void)
 		   kr.backup_key_crn);
 }
 
-/* --- waldump ---------------------------------------------------------------- */
+/* --- exec, waldump: src/pg_byok_exec.c ------------------------------------- */
 
-/*
- * Decrypt the WAL segments of DATADIR into a private temp directory and run
- * pg_waldump on them; arguments after "--" go to pg_waldump (default: all
- * segments, first to last).  The temp directory is removed afterwards.
- */
-static int
-cmd_waldump(const char *argv0, int nargs, char **args)
-{
-	ControlFileData *cf = read_control_file();
-	ByokKeyring kr;
-	ByokError	err = {0};
-	bool		missing;
-	char		tmpdir[] = "/tmp/pg_byok_waldump.XXXXXX";
-	char		waldump[MAXPGPATH];
-	int			nseg;
-	char	  **segs;
-	char	  **cmd;
-	int			ncmd = 0;
-	int			status;
-	pid_t		pid;
-
-	if (!keyring_read(datadir, &kr, &missing, &err))
-		report_error_and_exit(&err);
-	load_keys(&kr, cf->system_identifier);
-	segs = list_wal_segments(&nseg);
-	if (nseg == 0)
-		pg_fatal("no WAL segments in \"%s/pg_wal\"", datadir);
-	if (mkdtemp(tmpdir) == NULL)
-		pg_fatal("could not create a temporary directory: %m");
-
-	for (int i = 0; i < nseg; i++)
-	{
-		char		in_path[MAXPGPATH];
-		char		out_path[MAXPGPATH];
-		int			in;
-		int			out;
-		PGAlignedXLogBlock page;
-		ssize_t		n;
-		off_t		off = 0;
-
-		snprintf(in_path, sizeof(in_path), "%s/pg_wal/%s", datadir, segs[i]);
-		snprintf(out_path, sizeof(out_path), "%s/%s", tmpdir, segs[i]);
-		in = open(in_path, O_RDONLY | PG_BINARY, 0);
-		out = open(out_path, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY, S_IRUSR | S_IWUSR);
-		if (in < 0 || out < 0)
-			pg_fatal("could not copy \"%s\": %m", in_path);
-		while ((n = pg_pread(in, page.data, XLOG_BLCKSZ, off)) > 0)
-		{
-			byok_wal_page_decrypt(page.data, n);
-			if (pg_pwrite(out, page.data, n, off) != n)
-				pg_fatal("could not write file \"%s\": %m", out_path);
-			off += n;
-		}
-		close(in);
-		close(out);
-	}
-
-	if (find_my_exec(argv0, waldump) < 0)
-		pg_fatal("could not find the pg_byok executable");
-	strcpy(strrchr(waldump, '/') + 1, "pg_waldump");
-	cmd = pg_malloc0((nargs + 6) * sizeof(char *));
-	cmd[ncmd++] = waldump;
-	cmd[ncmd++] = "-p";
-	cmd[ncmd++] = tmpdir;
-	if (nargs == 0)
-	{
-		cmd[ncmd++] = segs[0];
-		cmd[ncmd++] = segs[nseg - 1];
-	}
-	for (int i = 0; i < nargs; i++)
-		cmd[ncmd++] = args[i];
-	fflush(NULL);
-	pid = fork();
-	if (pid == 0)
-	{
-		execv(waldump, cmd);
-		fprintf(stderr, "%s: could not run \"%s\": %s\n", progname, waldump, strerror(errno));
-		_exit(127);
-	}
-	if (pid < 0 || waitpid(pid, &status, 0) < 0)
-		pg_fatal("could not run \"%s\": %m", waldump);
-	if (!rmtree(tmpdir, true))
-		pg_log_warning("could not remove temporary directory \"%s\"", tmpdir);
-	return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
-}
+extern int	cmd_exec(const char *argv0, int nargs, char **args);
+extern int	cmd_waldump(const char *argv0, int nargs, char **args);
 
 /* --- rekey ------------------------------------------------------------------ */
 
@@ -2100,7 +2021,7 @@ main(int argc, char *argv[])
 				exit(1);
 		}
 	}
-	if (optind < argc && strcmp(cmd, "waldump") != 0)
+	if (optind < argc && strcmp(cmd, "waldump") != 0 && strcmp(cmd, "exec") != 0)
 	{
 		pg_log_error("too many command-line arguments (first is \"%s\")", argv[optind]);
 		exit(1);
@@ -2136,6 +2057,16 @@ main(int argc, char *argv[])
 		cmd_restore_prepare();
 	else if (strcmp(cmd, "waldump") == 0)
 		return cmd_waldump(argv[-1], argc - optind, argv + optind);
+	else if (strcmp(cmd, "exec") == 0)
+	{
+		if (optind < 1 || strcmp(argv[optind - 1], "--") != 0)
+		{
+			pg_log_error("exec needs \"--\" before the tool");
+			pg_log_error_hint("Usage: %s exec -D DATADIR [KEY OPTIONS] -- TOOL [ARGS...]", progname);
+			exit(1);
+		}
+		return cmd_exec(argv[-1], argc - optind, argv + optind);
+	}
 	else
 	{
 		pg_log_error("unknown command \"%s\"", cmd);
