@@ -78,8 +78,9 @@ FE_LIB = byok_fe.so
 FE_LIB_OBJS = src/fe_preload.pic.o src/aes_hw.pic.o src/checksum_avx2.pic.o src/crypto.pic.o src/secmem.pic.o
 %.pic.o: %.c
 	$(CC) $(CFLAGS) $(CFLAGS_SL) $(FE_CPPFLAGS) -c -o $@ $<
-$(FE_LIB): $(FE_LIB_OBJS)
-	$(CC) $(CFLAGS) $(CFLAGS_SL) -shared $^ $(LDFLAGS) -L$(pkglibdir) -lpgcommon_shlib -lpgport_shlib \
+$(FE_LIB): $(FE_LIB_OBJS) src/byok_fe.map
+	$(CC) $(CFLAGS) $(CFLAGS_SL) -shared -Wl,--version-script=src/byok_fe.map $(FE_LIB_OBJS) \
+		$(LDFLAGS) -L$(pkglibdir) -lpgcommon_shlib -lpgport_shlib \
 		$(shell pkg-config --libs libcrypto) -ldl -o $@
 all: $(FE_LIB)
 

@@ -43,6 +43,7 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -474,7 +475,7 @@ read_page(FeWalFd *w, int fd, char *page, off_t first)
 		return n;
 	kind = byok_wal_page_decrypt(page, (size_t) n);
 	if (kind == BYOK_WAL_PAGE_FOREIGN ||
-		(kind == BYOK_WAL_PAGE_INVALID && n >= SizeOfXLogShortPHD &&
+		(kind == BYOK_WAL_PAGE_INVALID && n >= (ssize_t) SizeOfXLogShortPHD &&
 		 ((XLogPageHeader) page)->xlp_magic == XLOG_PAGE_MAGIC &&
 		 marker_of(page) != 0))
 	{
@@ -498,11 +499,16 @@ wal_pread(FeWalFd *w, int fd, void *buf, size_t count, off_t offset)
 	PGAlignedXLogBlock page;
 	size_t		done = 0;
 
+	if (offset < 0)
+	{
+		errno = EINVAL;
+		return -1;
+	}
 	while (done < count)
 	{
 		off_t		pos = offset + (off_t) done;
-		off_t		first = pos - pos % PAGE;
-		ssize_t		n = read_page(w, fd, page.data, first);
+		size_t		in_page = (size_t) pos % PAGE;
+		ssize_t		n = read_page(w, fd, page.data, pos - (off_t) in_page);
 		size_t		take;
 
 		if (n < 0)
@@ -510,10 +516,10 @@ wal_pread(FeWalFd *w, int fd, void *buf, size_t count, off_t offset)
 			byok_wipe(page.data, PAGE);
 			return done > 0 ? (ssize_t) done : -1;
 		}
-		if (n <= pos - first)
+		if ((size_t) n <= in_page)
 			break;				/* end of file */
-		take = Min((size_t) (n - (pos - first)), count - done);
-		memcpy((char *) buf + done, page.data + (pos - first), take);
+		take = Min((size_t) n - in_page, count - done);
+		memcpy((char *) buf + done, page.data + in_page, take);
 		done += take;
 		if (n < PAGE)
 			break;
@@ -668,11 +674,16 @@ wal_pwrite(FeWalFd *w, int fd, const void *buf, size_t count, off_t offset)
 {
 	size_t		done = 0;
 
+	if (offset < 0)
+	{
+		errno = EINVAL;
+		return -1;
+	}
 	while (done < count)
 	{
 		off_t		pos = offset + (off_t) done;
-		off_t		first = pos - pos % PAGE;
-		size_t		a = (size_t) (pos - first);
+		size_t		a = (size_t) pos % PAGE;
+		off_t		first = pos - (off_t) a;
 		size_t		b = Min((size_t) PAGE, a + (count - done));
 
 		if (!write_page(w, fd, (const char *) buf + done, first, a, b))

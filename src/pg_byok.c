@@ -102,6 +102,12 @@ static RecryptMode recrypt_mode = RECRYPT_ENABLE;
 
 static void keyring_of_stopped_cluster(ByokKeyring *kr);
 
+/* Used by src/pg_byok_exec.c (until src/pg_byok.h declares them). */
+extern void report_error_and_exit(const ByokError *err);
+extern ControlFileData *read_control_file(void);
+extern void load_keys(ByokKeyring *kr, uint64 sysid);
+extern char **list_wal_segments(int *count);
+
 /* --- small helpers ------------------------------------------------------ */
 
 void

@@ -55,11 +55,18 @@ extern void load_keys(ByokKeyring *kr, uint64 sysid);
 extern char **list_wal_segments(int *count);
 extern void report_error_and_exit(const ByokError *err);
 
+/* The subcommands, called from pg_byok.c's main(). */
+extern int	cmd_exec(const char *argv0, int nargs, char **args);
+extern int	cmd_waldump(const char *argv0, int nargs, char **args);
+
 /* The tools byok_fe.so serves (fe_preload.c has the same list). */
 static const char *const exec_tools[] = {
 	"pg_waldump", "pg_rewind", "pg_verifybackup", "pg_receivewal",
 	"pg_basebackup", "pg_resetwal", "pg_archivecleanup", NULL
 };
+
+/* pg_byok's argv[0], to find psql next to it. */
+static const char *exec_argv0 = NULL;
 
 /* What the first pages of a cluster's WAL say about its key material. */
 typedef enum ExecProbe
@@ -166,7 +173,7 @@ probe_server(const char *conninfo)
 	int			status;
 	ExecProbe	result = PROBE_UNKNOWN;
 
-	if (find_my_exec(progname, psql) < 0)
+	if (find_my_exec(exec_argv0, psql) < 0)
 		snprintf(psql, sizeof(psql), "psql");
 	else
 		strcpy(strrchr(psql, '/') + 1, "psql");
@@ -329,6 +336,7 @@ cmd_exec(const char *argv0, int nargs, char **args)
 	char	   *preload;
 	char	  **argv_tool;
 
+	exec_argv0 = argv0;
 	if (nargs < 1)
 	{
 		pg_log_error("no tool given");

@@ -32,6 +32,13 @@ sub run_cmd
 	return ($rc, $out, $err);
 }
 
+# how many files match a glob pattern (glob in scalar context is an iterator)
+sub nfiles
+{
+	my @f = glob($_[0]);
+	return scalar @f;
+}
+
 # bytes 20..23 of the first page of a segment file: 0 = plaintext
 sub first_page_marker
 {
@@ -71,7 +78,7 @@ my $recv_enc = IPC::Run::start(
 my $recv_plain = IPC::Run::start(
 	[ 'pg_receivewal', '-D', $plain_dir, @conn, '-n', '--synchronous' ],
 	'<', \undef, '>', \$p_out, '2>', \$p_err);
-ok(defined wait_for(30, sub { glob("$enc_dir/*.partial") && glob("$plain_dir/*.partial") }),
+ok(defined wait_for(30, sub { nfiles("$enc_dir/*.partial") && nfiles("$plain_dir/*.partial") }),
 	'both pg_receivewal runs have a .partial segment') or diag("$r_err\n$p_err");
 
 $primary->safe_psql('postgres',
@@ -113,7 +120,7 @@ unlike($raw_dump, qr/desc: INSERT/, 'control: stock pg_waldump on the encrypted 
 my @before = glob('/tmp/pg_byok_waldump.* ' . ($ENV{TMPDIR} // '/tmp') . '/pg_byok_waldump.*');
 my ($k_out, $k_err) = ('', '');
 my $dump = IPC::Run::start([ 'pg_byok', 'waldump', '-D', $pgdata ], '<', \undef, '>', \$k_out, '2>', \$k_err);
-wait_for(10, sub { $dump->pump_nb; length($k_out) > 0 });
+wait_for(10, sub { eval { $dump->pump_nb }; length($k_out) > 0 });
 $dump->kill_kill;
 my @after = glob('/tmp/pg_byok_waldump.* ' . ($ENV{TMPDIR} // '/tmp') . '/pg_byok_waldump.*');
 is(scalar(@after), scalar(@before), 'pg_byok waldump killed while it runs: no temporary directory left');
