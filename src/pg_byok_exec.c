@@ -173,10 +173,11 @@ probe_server(const char *conninfo)
 	int			status;
 	ExecProbe	result = PROBE_UNKNOWN;
 
-	if (find_my_exec(exec_argv0, psql) < 0)
-		snprintf(psql, sizeof(psql), "psql");
-	else
+	/* psql next to pg_byok (PostgreSQL's bindir), else from PATH */
+	if (find_my_exec(exec_argv0, psql) == 0)
 		strcpy(strrchr(psql, '/') + 1, "psql");
+	if (access(psql, X_OK) != 0)
+		snprintf(psql, sizeof(psql), "psql");
 	if (pipe(pipefd) != 0)
 		pg_fatal("could not create a pipe: %m");
 	fflush(NULL);
@@ -188,7 +189,7 @@ probe_server(const char *conninfo)
 		dup2(pipefd[1], 1);
 		close(pipefd[0]);
 		close(pipefd[1]);
-		execl(psql, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+		execlp(psql, "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
 			  "-d", conninfo, "-c", query, (char *) NULL);
 		fprintf(stderr, "%s: could not run \"%s\": %s\n", progname, psql, strerror(errno));
 		_exit(127);
