@@ -10,6 +10,7 @@
 use strict;
 use warnings;
 
+use Cwd qw(abs_path);
 use File::Copy;
 use File::Path qw(make_path);
 use IPC::Run;
@@ -65,7 +66,7 @@ isnt($rc, 0, 'exec refuses a tool it does not serve');
 like($err, qr/pg_byok exec does not run "cat"/, 'exec names the tool it refuses');
 
 # --- pg_receivewal, scanned while it runs; stock pg_receivewal as the control -------
-my $tmp = PostgreSQL::Test::Utils::tempdir();
+my $tmp = abs_path(PostgreSQL::Test::Utils::tempdir());
 my $enc_dir = "$tmp/recv_enc";
 my $plain_dir = "$tmp/recv_plain";
 make_path($enc_dir, $plain_dir);
@@ -84,7 +85,7 @@ ok(defined wait_for(30, sub { nfiles("$enc_dir/*.partial") && nfiles("$plain_dir
 $primary->safe_psql('postgres',
 	"INSERT INTO t SELECT g, '$marker received ' || g FROM generate_series(1001, 3000) g");
 my $lsn = $primary->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
-ok(defined wait_for(30, sub { scalar(scan_at_rest($plain_dir, $marker)) > 0 }),
+ok(defined wait_for(30, sub { my @hits = scan_at_rest($plain_dir, $marker); @hits > 0 }),
 	'control: stock pg_receivewal writes the marker in clear') or diag($p_err);
 ok(defined wait_for(30, sub {
 	$primary->safe_psql('postgres',
@@ -144,18 +145,26 @@ like($err, qr/byok: refusing to write ".*\.gz\.partial"/, '... refusing to write
 is_deeply([ scan_at_rest($gz_dir, $marker) ], [], '... and wrote no WAL');
 
 # --- pg_basebackup -X stream through exec; pg_verifybackup on -X stream and -X fetch ---
-$primary->safe_psql('postgres',
-	"INSERT INTO t SELECT g, '$marker before backup ' || g FROM generate_series(3001, 4000) g");
+# A backup streams the WAL written while it runs (it starts in a fresh segment):
+# a writer commits marker rows throughout both backups, exec's and stock's.
+my ($w_out, $w_err) = ('', '');
+my $writer = IPC::Run::start(
+	[ 'psql', '-X', '-q', '-d', $primary->connstr('postgres'), '-c',
+		"DO \$\$ BEGIN FOR i IN 1..400 LOOP INSERT INTO t VALUES (100000 + i, '$marker during backup ' || i); COMMIT; PERFORM pg_sleep(0.02); END LOOP; END \$\$" ],
+	'<', \undef, '>', \$w_out, '2>', \$w_err);
+wait_for(30, sub { $primary->safe_psql('postgres', 'SELECT count(*) FROM t WHERE id > 100000') > 0 });
 my $bk_stream = $primary->backup_dir . '/exec_stream';
 ($rc, $out, $err) = pg_byok('exec', '-D', $pgdata, '--', 'pg_basebackup', '-D', $bk_stream, @conn,
 	'-X', 'stream', '--checkpoint', 'fast', '--no-sync');
 is($rc, 0, 'pg_basebackup -X stream through exec') or diag($err);
-is_deeply([ scan_at_rest($bk_stream, $marker) ], [], 'its output holds no marker, pg_wal included');
-$primary->safe_psql('postgres',
-	"INSERT INTO t SELECT g, '$marker stock backup ' || g FROM generate_series(4001, 4100) g");
 $primary->backup('stock_stream');
-ok(scalar(grep { m{^pg_wal/} } scan_at_rest($primary->backup_dir . '/stock_stream', $marker)) > 0,
-	'control: stock pg_basebackup -X stream leaves the marker in pg_wal');
+my $during = $primary->safe_psql('postgres', 'SELECT count(*) FROM t WHERE id > 100000');
+$writer->finish;
+ok($during < 400, "the writer was still committing after both backups ($during of 400 rows)");
+is_deeply([ scan_at_rest($bk_stream, $marker) ], [], 'its output holds no marker, pg_wal included');
+my @stock_hits = scan_at_rest($primary->backup_dir . '/stock_stream', $marker);
+ok(scalar(grep { m{^pg_wal/} } @stock_hits) > 0,
+	'control: stock pg_basebackup -X stream, same writer, leaves the marker in pg_wal');
 $primary->backup('fetch', backup_options => [ '-X', 'fetch' ]);
 my $bk_fetch = $primary->backup_dir . '/fetch';
 for my $bk ([ '-X stream', $bk_stream ], [ '-X fetch', $bk_fetch ])
@@ -251,11 +260,19 @@ $other->stop;
 
 my $arch = "$tmp/archive";
 make_path($arch);
-copy($_, $arch) for glob("$enc_dir/0000000100000000000000*");
-my @segs = sort grep { m{/[0-9A-F]{24}$} } glob("$arch/*");
-my $keep = $segs[-1] =~ s{.*/}{}r;
+# pg_archivecleanup reads names only: older segments, the received one, a .partial after it
+copy("$enc_dir/$seg", "$arch/$seg") or die;
+my $keep = $seg;
+for my $n (1, 2)
+{
+	my $older = sprintf('%s%08X', substr($seg, 0, 16), hex(substr($seg, 16, 8)) - $n);
+	copy("$enc_dir/$seg", "$arch/$older") or die;
+}
+my $partial = sprintf('%s%08X.partial', substr($seg, 0, 16), hex(substr($seg, 16, 8)) + 1);
+copy("$enc_dir/$seg", "$arch/$partial") or die;
 ($rc, $out, $err) = pg_byok('exec', '-D', $other->data_dir, '--', 'pg_archivecleanup', $arch, $keep);
 is($rc, 0, 'pg_archivecleanup through exec') or diag($err);
-is_deeply([ map { s{.*/}{}r } glob("$arch/*") ], [$keep], 'it removed every segment before the one named');
+is_deeply([ sort map { s{.*/}{}r } glob("$arch/*") ], [ $keep, $partial ],
+	'it removed the segments before the one named, and only those');
 
 done_testing();
