@@ -62,6 +62,8 @@
 typedef struct FeWalFd
 {
 	bool		wal;			/* a WAL segment we translate */
+	bool		twophase;		/* pg_rewind: a pg_twophase state file */
+	bool		twophase_done;	/* ... already written whole, encrypted */
 	off_t		raw_page;		/* offset of the page the tool is writing as our
 								 * own ciphertext (pg_rewind copying from a
 								 * server), or -1 */
@@ -303,12 +305,20 @@ is_hex(const char *s, size_t len)
 	return strspn(s, "0123456789ABCDEF") >= len;
 }
 
-/* 0: not WAL; 1: a WAL segment; -1: a WAL segment we cannot encrypt. */
+/*
+ * 0: not ours; 1: a WAL segment; 2: a two-phase state file written by
+ * pg_rewind; -1: a WAL segment we cannot encrypt.
+ */
 static int
 classify_path(const char *path)
 {
 	const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
 	size_t		len = strlen(name);
+
+	if (strcmp(fe_tool, "pg_rewind") == 0 && name - path >= 12 &&
+		strncmp(name - 12, "pg_twophase/", 12) == 0 &&
+		len >= 8 && len <= 16 && is_hex(name, len))
+		return 2;
 
 	if (strcmp(name, "RECOVERYXLOG") == 0)
 		return 1;
@@ -381,7 +391,7 @@ fe_open(int dirfd, bool at, bool large, const char *path, int flags, mode_t mode
 		fd = (large ? real.openat64 : real.openat) (dirfd, path, flags, mode);
 	else
 		fd = (large ? real.open64 : real.open) (path, flags, mode);
-	if (fd < 0 || kind <= 0)
+	if (fd < 0 || kind <= 0 || (kind == 2 && (flags & O_ACCMODE) == O_RDONLY))
 		return fd;
 	if (fd >= MAX_FDS)
 	{
@@ -390,7 +400,9 @@ fe_open(int dirfd, bool at, bool large, const char *path, int flags, mode_t mode
 		errno = EMFILE;
 		return -1;
 	}
-	fe_fds[fd].wal = true;
+	fe_fds[fd].wal = kind == 1;
+	fe_fds[fd].twophase = kind == 2;
+	fe_fds[fd].twophase_done = false;
 	fe_fds[fd].raw_page = -1;
 	free(fe_fds[fd].path);
 	fe_fds[fd].path = strdup(path);
@@ -449,9 +461,10 @@ close(int fd)
 {
 	if (unlikely(real.close == NULL))
 		fe_resolve();
-	if (fd >= 0 && fd < MAX_FDS && fe_fds[fd].wal)
+	if (fd >= 0 && fd < MAX_FDS && (fe_fds[fd].wal || fe_fds[fd].twophase))
 	{
 		fe_fds[fd].wal = false;
+		fe_fds[fd].twophase = false;
 		free(fe_fds[fd].path);
 		fe_fds[fd].path = NULL;
 	}
@@ -709,6 +722,48 @@ pwrite64(int fd, const void *buf, size_t count, off_t offset)
 	return w ? wal_pwrite(w, fd, buf, count, offset) : real.pwrite64(fd, buf, count, offset);
 }
 
+/*
+ * pg_rewind copying a two-phase state file (prepared transaction, GID
+ * included).  From a server (pg_read_binary_file) it arrives decrypted,
+ * as the server's file layer returns it: encrypt it with the durable file
+ * key, as the server would have stored it.  From a data directory it
+ * arrives as stored (ciphertext), and is written as is.  pg_rewind writes
+ * such a small file in one piece; a plaintext one in several is refused.
+ */
+static ssize_t
+twophase_write(FeWalFd *w, int fd, const void *buf, size_t count)
+{
+	static const ByokFileId durable_id = {0, 0};
+	off_t		pos = lseek(fd, 0, SEEK_CUR);
+	uint32		magic = 0;
+	char	   *copy;
+	ssize_t		n;
+
+	if (pos < 0)
+		return -1;
+	if (count >= sizeof(magic))
+		memcpy(&magic, buf, sizeof(magic));
+	if (pos != 0 || magic != 0x57F94534)	/* TWOPHASE_MAGIC, twophase.c */
+	{
+		if (w->twophase_done)
+		{
+			fe_error("It was written encrypted in one piece already; a second write cannot be placed.",
+					 NULL, "refusing to write two-phase state file \"%s\" in parts", w->path);
+			errno = EIO;
+			return -1;
+		}
+		return real.write(fd, buf, count);	/* ciphertext as stored */
+	}
+	if ((copy = malloc(count)) == NULL)
+		return -1;
+	byok_file_crypt_copy(BYOK_FILE_DURABLE, &durable_id, 0, true, buf, copy, count);
+	n = real.write(fd, copy, count);
+	byok_wipe(copy, count);
+	free(copy);
+	w->twophase_done = true;
+	return n;
+}
+
 ssize_t
 write(int fd, const void *buf, size_t count)
 {
@@ -716,6 +771,8 @@ write(int fd, const void *buf, size_t count)
 	off_t		pos;
 	ssize_t		n;
 
+	if (w == NULL && fd >= 0 && fd < MAX_FDS && fe_active && fe_fds[fd].twophase)
+		return twophase_write(&fe_fds[fd], fd, buf, count);
 	if (w == NULL)
 		return real.write(fd, buf, count);
 	if ((pos = lseek(fd, 0, SEEK_CUR)) < 0)

@@ -51,7 +51,7 @@ sub first_page_marker
 }
 
 my $primary = new_encrypted_node('primary', allows_streaming => 1,
-	conf => "wal_log_hints = on\nwal_keep_size = 256MB\n");
+	conf => "wal_log_hints = on\nwal_keep_size = 256MB\nmax_prepared_transactions = 5\n");
 $primary->start;
 my $pgdata = $primary->data_dir;
 my @conn = ('-h', $primary->host, '-p', $primary->port);
@@ -202,8 +202,14 @@ $standby->poll_query_until('postgres', 'SELECT NOT pg_is_in_recovery()') or die;
 $standby->safe_psql('postgres', qq{
 	INSERT INTO t SELECT g, '$marker new primary ' || g FROM generate_series(5001, 6000) g;
 	UPDATE t SET v = v || ' updated on the new primary' WHERE id % 7 = 0;
+	BEGIN;
+	INSERT INTO t VALUES (9001, '$marker prepared');
+	PREPARE TRANSACTION 'gid $marker';
 	CHECKPOINT;
 });
+ok(-s $standby->data_dir . '/pg_twophase/' . $standby->safe_psql('postgres',
+		"SELECT upper(lpad(to_hex(transaction::text::bigint), 8, '0')) FROM pg_prepared_xacts"),
+	'the new primary has a prepared transaction in a pg_twophase file for pg_rewind to copy');
 $primary->safe_psql('postgres', qq{
 	INSERT INTO t SELECT g, '$marker lost ' || g FROM generate_series(7001, 8000) g;
 	UPDATE t SET v = v || ' lost update' WHERE id % 5 = 0;
@@ -230,16 +236,25 @@ copy("$pgdata/postgresql.conf", "$tmp/primary.conf") or die;
 	"--source-server=$source");
 is($rc, 0, 'pg_rewind through exec from the new primary') or diag($err);
 like($err . $out, qr/Done!/, 'pg_rewind says Done!');
+ok(nfiles("$pgdata/pg_twophase/*") > 0, 'pg_rewind copied the two-phase state file');
+is_deeply([ scan_at_rest("$pgdata/pg_twophase", $marker) ], [],
+	'... encrypted: no GID in clear (the server decrypts such files for pg_read_binary_file)');
 copy("$tmp/primary.conf", "$pgdata/postgresql.conf") or die;
 $primary->enable_streaming($standby);
 $primary->start;
 is($primary->safe_psql('postgres', 'SELECT pg_is_in_recovery()'), 't', 'the old primary runs as a standby');
+
 my $new_lsn = $standby->lsn('insert');
 ok($primary->poll_query_until('postgres', "SELECT pg_last_wal_replay_lsn() >= '$new_lsn'"),
 	'the old primary replays the new primary\'s WAL');
+$standby->safe_psql('postgres', "COMMIT PREPARED 'gid $marker'");
+$new_lsn = $standby->lsn('insert');
+$primary->poll_query_until('postgres', "SELECT pg_last_wal_replay_lsn() >= '$new_lsn'") or die;
 my $rows = "SELECT string_agg(id || ':' || v, ',' ORDER BY id) FROM t";
 my $want = $standby->safe_psql('postgres', $rows);
 ok($primary->safe_psql('postgres', $rows) eq $want, 'every row of the new primary is on the rewound standby, as it is there');
+is($primary->safe_psql('postgres', "SELECT v FROM t WHERE id = 9001"), "$marker prepared",
+	'... the prepared transaction, committed after the rewind, included');
 is($primary->safe_psql('postgres', "SELECT count(*) FROM t WHERE v LIKE '%lost%'"), '0',
 	'the writes of the old primary after the failover are gone');
 $standby->safe_psql('postgres', 'CHECKPOINT');
