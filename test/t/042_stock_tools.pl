@@ -65,6 +65,14 @@ my ($rc, $out, $err) = pg_byok('exec', '-D', $pgdata, '--', 'cat', '/etc/hostnam
 isnt($rc, 0, 'exec refuses a tool it does not serve');
 like($err, qr/pg_byok exec does not run "cat"/, 'exec names the tool it refuses');
 
+# a served tool with the library but without keys does not run
+($rc, $out, $err) = run_cmd('env', 'LD_PRELOAD=' . `pg_config --pkglibdir` =~ s/\s+$//r . '/byok_fe.so',
+	'pg_waldump', '--version');
+isnt($rc, 0, 'pg_waldump with byok_fe.so preloaded but no keys does not run');
+like($err, qr/pg_waldump: error: byok: pg_waldump was started with byok_fe.so but without keys/,
+	'... and says why');
+unlike($out, qr/pg_waldump \(PostgreSQL\)/, '... before it does anything');
+
 # --- pg_receivewal, scanned while it runs; stock pg_receivewal as the control -------
 my $tmp = abs_path(PostgreSQL::Test::Utils::tempdir());
 my $enc_dir = "$tmp/recv_enc";
@@ -214,7 +222,10 @@ $primary->safe_psql('postgres', qq{
 	INSERT INTO t SELECT g, '$marker lost ' || g FROM generate_series(7001, 8000) g;
 	UPDATE t SET v = v || ' lost update' WHERE id % 5 = 0;
 });
-$primary->stop;
+# not shut down cleanly, as after a failover: pg_rewind first runs
+# "postgres --single" for crash recovery (byok.so does the server's side; the
+# frontend library steps aside in it)
+$primary->stop('immediate');
 my $source = $standby->connstr('postgres');
 
 ($rc, $out, $err) = run_cmd('pg_rewind', '-n', '-D', $pgdata, "--source-server=$source");
