@@ -228,8 +228,15 @@ $primary->safe_psql('postgres', qq{
 $primary->stop('immediate');
 my $source = $standby->connstr('postgres');
 
-($rc, $out, $err) = run_cmd('pg_rewind', '-n', '-D', $pgdata, "--source-server=$source");
+# control: stock pg_rewind recovers the target (postgres --single), then fails
+# on its encrypted WAL before it changes anything
+($rc, $out, $err) = run_cmd('pg_rewind', '-D', $pgdata, "--source-server=$source");
 isnt($rc, 0, 'control: stock pg_rewind cannot read the encrypted WAL of the old primary');
+like($err, qr/WAL record/, '... it fails on a WAL record');
+$primary->start;
+$primary->safe_psql('postgres',
+	"INSERT INTO t SELECT g, '$marker lost again ' || g FROM generate_series(8001, 8100) g");
+$primary->stop('immediate');
 
 ($rc, $out, $err) = pg_byok('exec', '-D', $other->data_dir, '--', 'pg_rewind', '-n', '-D', $pgdata,
 	"--source-server=$source");
@@ -247,6 +254,9 @@ copy("$pgdata/postgresql.conf", "$tmp/primary.conf") or die;
 	"--source-server=$source");
 is($rc, 0, 'pg_rewind through exec from the new primary') or diag($err);
 like($err . $out, qr/Done!/, 'pg_rewind says Done!');
+like($err, qr/executing ".*postgres" for target server to complete crash recovery/,
+	'... after crash recovery in postgres --single, run with byok_fe.so preloaded');
+like($err, qr/byok: cluster encryption active/, '... where byok.so did the server\'s encryption');
 ok(nfiles("$pgdata/pg_twophase/*") > 0, 'pg_rewind copied the two-phase state file');
 is_deeply([ scan_at_rest("$pgdata/pg_twophase", $marker) ], [],
 	'... encrypted: no GID in clear (the server decrypts such files for pg_read_binary_file)');
