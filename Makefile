@@ -10,7 +10,7 @@ DATA = byok--$(EXTVERSION).sql
 # compiled a second time with FRONTEND defined.
 FE_OBJS = src/aes_hw.fe.o src/checksum_avx2.fe.o src/crypto.fe.o src/keyring.fe.o src/kms.fe.o src/provider.fe.o src/secmem.fe.o src/walpage.fe.o
 # pg_byok itself, one file per concern (src/pg_byok.h).
-PG_BYOK_OBJS = src/pg_byok.fe.o src/pg_byok_conf.fe.o src/pg_byok_enable.fe.o src/pg_byok_files.fe.o \
+PG_BYOK_OBJS = src/pg_byok.fe.o src/pg_byok_exec.fe.o src/pg_byok_conf.fe.o src/pg_byok_enable.fe.o src/pg_byok_files.fe.o \
 	src/pg_byok_keys.fe.o src/pg_byok_verify.fe.o src/pg_byok_wal.fe.o
 PROGRAM_FE = pg_byok
 UNIT_TESTS = test/unit/test_crypto test/unit/test_xts
@@ -35,7 +35,7 @@ BYOK_FLAVOUR = $(if $(filter 1,$(BYOK_TEST_HOOKS)),test,release)
 ifeq ($(BYOK_FLAVOUR),test)
 PG_CPPFLAGS += -DBYOK_TEST_HOOKS
 endif
-EXTRA_CLEAN = $(FE_OBJS) $(PG_BYOK_OBJS) src/crypto_v1.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
+EXTRA_CLEAN = $(FE_OBJS) $(PG_BYOK_OBJS) src/*.pic.o byok_fe.so src/crypto_v1.fe.o $(PROGRAM_FE) $(UNIT_TESTS) \
 	test/unit/*.o test/unit/make_format1 test/bench/bench_page test/bench/*.o .byok-flavour
 
 # No JIT bitcode for this module: it has no SQL-callable hot paths.
@@ -54,12 +54,12 @@ FE_LIBS = -L$(pkglibdir) -lpgcommon -lpgport $(shell pkg-config --libs $(DEPS)) 
 # PostgreSQL's page checksum vectorized for AVX2 (src/checksum_avx2.c; used
 # only on CPUs with AVX2).  The flags stay on that one file.
 ifeq ($(shell uname -m),x86_64)
-src/checksum_avx2.o src/checksum_avx2.fe.o: CFLAGS += -mavx2 -funroll-loops -ftree-vectorize
+src/checksum_avx2.o src/checksum_avx2.fe.o src/checksum_avx2.pic.o: CFLAGS += -mavx2 -funroll-loops -ftree-vectorize
 endif
 
 .byok-flavour: FORCE
 	@echo $(BYOK_FLAVOUR) | cmp -s - $@ || echo $(BYOK_FLAVOUR) > $@
-$(OBJS) $(PG_BYOK_OBJS): .byok-flavour
+$(OBJS) $(PG_BYOK_OBJS) src/fe_preload.pic.o: .byok-flavour
 $(PG_BYOK_OBJS): src/pg_byok.h
 .PHONY: FORCE
 FORCE:
@@ -75,6 +75,19 @@ all: $(PROGRAM_FE)
 $(PROGRAM_FE): $(PG_BYOK_OBJS) src/crypto_v1.fe.o $(FE_OBJS)
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
+# pg_byok exec preloads byok_fe.so (src/fe_preload.c) into stock tools; it
+# finds it in pkglibdir.  Its objects are the cipher core again, as PIC.
+src/pg_byok_exec.fe.o: CPPFLAGS += -DBYOK_PKGLIBDIR='"$(pkglibdir)"'
+FE_LIB = byok_fe.so
+FE_LIB_OBJS = src/fe_preload.pic.o src/aes_hw.pic.o src/checksum_avx2.pic.o src/crypto.pic.o src/secmem.pic.o
+%.pic.o: %.c
+	$(CC) $(CFLAGS) $(CFLAGS_SL) $(FE_CPPFLAGS) -c -o $@ $<
+$(FE_LIB): $(FE_LIB_OBJS) src/byok_fe.map
+	$(CC) $(CFLAGS) $(CFLAGS_SL) -shared -Wl,--version-script=src/byok_fe.map $(FE_LIB_OBJS) \
+		$(LDFLAGS) -L$(pkglibdir) -lpgcommon_shlib -lpgport_shlib \
+		$(shell pkg-config --libs libcrypto) -ldl -o $@
+all: $(FE_LIB)
+
 test/unit/test_crypto: test/unit/test_crypto.o src/crypto_v1.fe.o $(FE_OBJS)
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
@@ -82,12 +95,13 @@ test/unit/test_xts: test/unit/test_xts.o src/aes_hw.fe.o
 	$(CC) $(CFLAGS) $^ $(LDFLAGS) $(FE_LIBS) -o $@
 
 install: install-pg-byok
-install-pg-byok: $(PROGRAM_FE) installdirs
+install-pg-byok: $(PROGRAM_FE) $(FE_LIB) installdirs
 	$(INSTALL_PROGRAM) $(PROGRAM_FE) '$(DESTDIR)$(bindir)/$(PROGRAM_FE)'
+	$(INSTALL_SHLIB) $(FE_LIB) '$(DESTDIR)$(pkglibdir)/$(FE_LIB)'
 
 uninstall: uninstall-pg-byok
 uninstall-pg-byok:
-	rm -f '$(DESTDIR)$(bindir)/$(PROGRAM_FE)'
+	rm -f '$(DESTDIR)$(bindir)/$(PROGRAM_FE)' '$(DESTDIR)$(pkglibdir)/$(FE_LIB)'
 
 test/bench/%.o: test/bench/%.c
 	$(CC) $(CFLAGS) $(FE_CPPFLAGS) -c -o $@ $<

@@ -221,7 +221,12 @@ byok_io_stats(uint64 *encrypted, uint64 *decrypted)
 	*decrypted = io_shared ? pg_atomic_read_u64(&io_shared->bytes_decrypted) : 0;
 }
 
-/* A walsender running BASE_BACKUP ships files as stored: ciphertext. */
+/*
+ * A walsender running BASE_BACKUP ships files as stored: ciphertext.  Only
+ * durable files (and WAL, wal.c): its own temp files, the backup manifest
+ * it builds in a BufFile among them, are under this postmaster's
+ * ephemeral key and must be read decrypted.
+ */
 bool
 byok_io_raw_reader(void)
 {
@@ -754,7 +759,7 @@ io_pread(int fd, void *buf, size_t count, off_t offset)
 		return orig()->pread(fd, buf, count, offset);
 	if (c == IO_WAL)
 		return byok_wal_pread(fd, buf, count, offset);
-	if (byok_io_raw_reader())
+	if (c == IO_DURABLE && byok_io_raw_reader())
 		return orig()->pread(fd, buf, count, offset);
 	return file_pread(fd, c, buf, count, offset);
 }
@@ -798,7 +803,7 @@ io_read(int fd, void *buf, size_t count)
 	off_t		pos;
 	ssize_t		n;
 
-	if (c == IO_NONE || c == IO_WAL || byok_io_raw_reader())
+	if (c == IO_NONE || c == IO_WAL || (c == IO_DURABLE && byok_io_raw_reader()))
 		return orig()->read(fd, buf, count);
 	if ((pos = lseek(fd, 0, SEEK_CUR)) < 0)
 		return -1;

@@ -70,6 +70,7 @@ usage(void)
 	printf("  %s rekey -D DATADIR {--key-crn CRN | --local [--root-key-file FILE]} [KMS OPTIONS]\n", progname);
 	printf("  %s convert -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
 	printf("  %s rotate-data-key -D DATADIR [--root-key-file FILE | KMS OPTIONS]\n", progname);
+	printf("  %s exec -D DATADIR [--root-key-file FILE | KMS OPTIONS] -- TOOL [ARGS...]\n", progname);
 	printf("  %s waldump -D DATADIR [-- PG_WALDUMP_OPTIONS]\n", progname);
 	printf("  %s restore-prepare -D DATADIR --key-crn NEW_CRN [--use-backup-key] [KMS OPTIONS]\n", progname);
 	printf("\nCommands:\n");
@@ -81,7 +82,10 @@ usage(void)
 	printf("            (AES-256-XTS), same key material (crash-safe, resumable)\n");
 	printf("  rotate-data-key  re-encrypt every relation file and WAL segment under new\n");
 	printf("            random key material (crash-safe, resumable); the old material is removed\n");
-	printf("  waldump   decrypt the WAL segments and show them with pg_waldump\n");
+	printf("  exec      run a stock PostgreSQL tool (pg_waldump, pg_rewind, pg_verifybackup,\n");
+	printf("            pg_receivewal, pg_basebackup, pg_resetwal, pg_archivecleanup) with\n");
+	printf("            DATADIR's keys: WAL it reads is decrypted, WAL it writes encrypted, in memory\n");
+	printf("  waldump   pg_waldump on DATADIR/pg_wal through exec\n");
 	printf("  restore-prepare  make a restored copy start under its own new disk key,\n");
 	printf("            unwrapping with the backup key (--use-backup-key) or the copy's disk key\n");
 	printf("  rekey     re-wrap the cluster key under another root key (local <-> Key Protect,\n");
@@ -295,7 +299,7 @@ main(int argc, char *argv[])
 				exit(1);
 		}
 	}
-	if (optind < argc && strcmp(cmd, "waldump") != 0)
+	if (optind < argc && strcmp(cmd, "waldump") != 0 && strcmp(cmd, "exec") != 0)
 	{
 		pg_log_error("too many command-line arguments (first is \"%s\")", argv[optind]);
 		exit(1);
@@ -343,6 +347,16 @@ main(int argc, char *argv[])
 		cmd_restore_prepare();
 	else if (strcmp(cmd, "waldump") == 0)
 		return cmd_waldump(argv[-1], argc - optind, argv + optind);
+	else if (strcmp(cmd, "exec") == 0)
+	{
+		if (optind < 1 || strcmp(argv[optind - 1], "--") != 0)
+		{
+			pg_log_error("exec needs \"--\" before the tool");
+			pg_log_error_hint("Usage: %s exec -D DATADIR [KEY OPTIONS] -- TOOL [ARGS...]", progname);
+			exit(1);
+		}
+		return cmd_exec(argv[-1], argc - optind, argv + optind);
+	}
 	else
 	{
 		pg_log_error("unknown command \"%s\"", cmd);

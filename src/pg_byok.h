@@ -183,7 +183,8 @@ extern void rewrite_durable_files(void);
 extern char **list_wal_segments(int *count);
 extern void rewrite_wal_segments(const ControlFileData *cf);
 extern int	verify_wal_segments(const ControlFileData *cf);
-extern int	cmd_waldump(const char *argv0, int nargs, char **args);
+extern int	cmd_waldump(const char *argv0, int nargs, char **args);	/* pg_byok_exec.c */
+extern int	cmd_exec(const char *argv0, int nargs, char **args);	/* pg_byok_exec.c */
 
 /* --- commands (pg_byok_enable.c, pg_byok_verify.c) --- */
 extern void cmd_enable(void);
