@@ -274,7 +274,7 @@ $seg = $stock->safe_psql('postgres', 'SELECT pg_walfile_name(pg_current_wal_lsn(
 $stock->safe_psql('postgres', 'SELECT pg_switch_wal()');
 $stock->poll_query_until('postgres', "SELECT last_archived_wal >= '$seg' FROM pg_stat_archiver") or die;
 my ($stock_plain) = repo_plain('stock');
-ok(scalar(grep { m{^pg_data/base/} } scan_at_rest("$stock_plain/backup/stock", $marker)) > 0,
+ok(scalar(grep { m{/pg_data/base/} } scan_at_rest("$stock_plain/backup/stock", $marker)) > 0,
 	'control: a stock cluster\'s backup in the repository shows the marker');
 ok(scalar(scan_at_rest("$stock_plain/archive/stock", $marker)) > 0,
 	'control: a stock cluster\'s archived WAL shows the marker');
@@ -315,6 +315,7 @@ $stock->stop;
 	sysseek($rf, 8192 + 4000, 0);
 	syswrite($rf, chr(ord($b) ^ 0x55));
 	close $rf;
+	sleep 1;    # backup labels are by the second
 	($rc, $out, $err) = pgbr('--stanza=copy', '--no-online', '--type=full', 'backup');
 	like("$out$err", qr/WARN: invalid page checksum found in file \Q$file\E at page 1\b/,
 		'corrupted copy: pgBackRest reports the corrupted page');
