@@ -20,6 +20,8 @@ packages=(
 	util-linux passwd
 	# test/t/016_key_hygiene.pl: gcore of the server's processes
 	gdb
+	# test/t/070_pgbackrest.pl: byok with real pgBackRest
+	pgbackrest
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -430,6 +430,13 @@ spec_xts_key(const uint8_t *material, const char *what, uint8_t key[64])
 	return byok_hkdf(material, BYOK_KEY_LEN, NULL, 0, info, key + 32, 32);
 }
 
+/* pd_upper (bytes 14..15) is 0: what raw readers take for a new page */
+static bool
+upper_zero(const char *page)
+{
+	return page[14] == 0 && page[15] == 0;
+}
+
 static bool
 spec_page_encrypt(const uint8_t *material, const char *plain, char *out,
 				  const ByokPageId *id, bool checksums)
@@ -459,6 +466,10 @@ spec_page_encrypt(const uint8_t *material, const char *plain, char *out,
 					 (uint8_t *) out + CLEAR, BODY - CLEAR) &&
 		byok_xts_raw(kbody, tweak, true, (const uint8_t *) plain + BODY,
 					 (uint8_t *) out + BODY, PAGE - BODY);
+	/* cycle walking: the stored pd_upper is 0 exactly when the plaintext's is */
+	while (ok && upper_zero(plain) != upper_zero(out))
+		ok = byok_xts_raw(khead, tweak, true, (const uint8_t *) out + CLEAR,
+						  (uint8_t *) out + CLEAR, BODY - CLEAR);
 	if (checksums)
 		set_checksum(out, pg_checksum_page(out, id->blkno));
 	byok_wipe(khead, sizeof(khead));
@@ -948,6 +959,84 @@ test_zero_pages(void)
 		CHECK(memcmp(dst.data, src.data, PAGE) == 0);
 	}
 	TEST_END("all-zero pages stay zero (BYOK_PAGE_ZERO, checksums on/off, temp too); a page with one non-zero byte is encrypted");
+}
+
+/*
+ * Raw readers of relation files take pd_upper == 0 for a new page
+ * (pgBackRest reports such a page that is not all zeros as a checksum
+ * error).  A valid page whose head would get a stored pd_upper of 0 from
+ * one XTS pass (found by trying LSNs: one in 65,536) is stored with the
+ * head encrypted again until it is not, decrypts back, and is what the
+ * specification gives; the same page stored with one pass (before this
+ * rule) still decrypts.  A page with pd_upper 0 is stored with pd_upper 0
+ * and decrypts back.
+ */
+static void
+test_page_upper_never_zero(void)
+{
+	PGAlignedBlock src,
+				got,
+				want,
+				old,
+				page;
+	ByokPageId	id = page_id(TEST_REL, BYOK_MAIN_FORKNUM, TEST_BLK, false);
+	uint8_t		khead[64],
+				tweak[16],
+				head[BODY - CLEAR];
+	uint64_t	lsn;
+	bool		found = false;
+
+	TEST_BEGIN;
+	make_sparse_page(src.data, 0, TEST_BLK, false);
+	CHECK(spec_xts_key(key_material_1, "page fork 0 head", khead));
+	for (lsn = 1; lsn < (UINT64_C(1) << 24) && !found; lsn++)
+	{
+		put_le64(tweak, lsn);
+		put_le32(tweak + 8, id.relnumber);
+		put_le32(tweak + 12, id.blkno);
+		CHECK(byok_xts_raw(khead, tweak, true, (const uint8_t *) src.data + CLEAR, head, sizeof(head)));
+		found = head[14 - CLEAR] == 0 && head[15 - CLEAR] == 0;
+	}
+	CHECKM(found, "no LSN below 2^24 gives a zero pd_upper in one pass");
+	lsn--;
+	set_lsn(src.data, lsn);
+	for (int c = 0; c < 2 && found; c++)
+	{
+		set_checksum(src.data, 0);
+		if (c == 1)
+			set_checksum(src.data, pg_checksum_page(src.data, TEST_BLK));
+		CHECK(!upper_zero(src.data));
+		byok_page_encrypt(src.data, got.data, &id, c == 1);
+		CHECKM(!upper_zero(got.data), "LSN %llX: stored pd_upper is 0", (unsigned long long) lsn);
+		CHECK(spec_page_encrypt(key_material_1, src.data, want.data, &id, c == 1));
+		CHECK(memcmp(got.data, want.data, PAGE) == 0);
+		memcpy(page.data, got.data, PAGE);
+		CHECK(byok_page_decrypt(page.data, &id, c == 1) == BYOK_PAGE_OK);
+		CHECK(memcmp(page.data, src.data, PAGE) == 0);
+		/* stored with one pass, as before the rule: still decrypts */
+		memcpy(old.data, got.data, PAGE);
+		memcpy(old.data + CLEAR, head, sizeof(head));
+		if (c == 1)
+			set_checksum(old.data, pg_checksum_page(old.data, TEST_BLK));
+		CHECK(upper_zero(old.data));
+		CHECK(byok_page_decrypt(old.data, &id, c == 1) == BYOK_PAGE_OK);
+		CHECK(memcmp(old.data, src.data, PAGE) == 0);
+	}
+	/* plaintext pd_upper 0 (not all zeros): stored with pd_upper 0, round trip */
+	for (int t = 0; t < 3; t++)
+	{
+		make_page(src.data, TEST_LSN + (uint64_t) t, TEST_BLK, false);
+		src.data[14] = src.data[15] = 0;
+		byok_page_encrypt(src.data, got.data, &id, false);
+		CHECK(upper_zero(got.data));
+		CHECK(!all_zero(got.data + CLEAR, BODY - CLEAR));
+		CHECK(spec_page_encrypt(key_material_1, src.data, want.data, &id, false));
+		CHECK(memcmp(got.data, want.data, PAGE) == 0);
+		CHECK(byok_page_decrypt(got.data, &id, false) == BYOK_PAGE_OK);
+		CHECK(memcmp(got.data, src.data, PAGE) == 0);
+	}
+	byok_wipe(khead, sizeof(khead));
+	TEST_END("stored pd_upper is 0 exactly when the plaintext's is (head encrypted again, as specified); round trips; a one-pass page from before still decrypts");
 }
 
 static void
@@ -2825,6 +2914,7 @@ main(void)
 	test_page_roundtrip(true);
 	test_page_bad_checksum();
 	test_zero_pages();
+	test_page_upper_never_zero();
 	test_page_forks();
 	test_page_temp();
 	test_page_tweak_inputs();
