@@ -79,6 +79,7 @@ test/unit/test_xts: test/unit/test_xts.o src/aes_hw.fe.o
 
 install: install-pg-byok
 install-pg-byok: $(PROGRAM_FE) installdirs
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
 	$(INSTALL_PROGRAM) $(PROGRAM_FE) '$(DESTDIR)$(bindir)/$(PROGRAM_FE)'
 
 uninstall: uninstall-pg-byok
