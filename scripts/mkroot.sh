@@ -18,6 +18,9 @@
 # is reused as it is; one that a killed run left half made is removed and
 # made again.
 #
+# apt in a root installs no Recommends (a root is a minimal host, and what
+# --download fetched is without them too).
+#
 # The second form runs COMMAND inside ROOT as root, in a private mount
 # namespace (nothing stays mounted afterwards) with /proc, /sys, /dev,
 # /dev/pts, /dev/shm and a fresh /run, and each --bind DIR mounted at the
@@ -172,9 +175,11 @@ if [ ! -f "$ROOT/.byok-root-complete" ]; then
 	# no daemons started by package scripts inside the root
 	printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
 	chmod 755 "$ROOT/usr/sbin/policy-rc.d"
-	# keep downloaded packages: a copy of the root installs them offline
+	# keep downloaded packages: a copy of the root installs them offline;
+	# and no Recommends, in the root as in what was downloaded for it
 	rm -f "$ROOT/etc/apt/apt.conf.d/docker-clean"
 	echo 'Binary::apt::APT::Keep-Downloaded-Packages "true";' >"$ROOT/etc/apt/apt.conf.d/99byok-keep-debs"
+	echo 'APT::Install-Recommends "false";' >"$ROOT/etc/apt/apt.conf.d/99byok-no-recommends"
 	touch "$ROOT/.byok-root-complete"
 fi
 if [ ${#PACKAGES[@]} -gt 0 ] || [ ${#DOWNLOADS[@]} -gt 0 ]; then
