@@ -20,6 +20,9 @@ packages=(
 	util-linux passwd
 	# test/t/016_key_hygiene.pl: gcore of the server's processes
 	gdb
+	# test/debian: a Debian 12 root (scripts/mkroot.sh --isolate needs ip),
+	# the package built from the checkout's git tree
+	debootstrap iproute2 git
 )
 
 if [[ $(id -u) -ne 0 ]]; then
