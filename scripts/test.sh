@@ -32,7 +32,12 @@
 # TAP tests; the debian suite runs only when PROVE_TESTS is empty or names
 # test/debian/ files (then only those, and the tap suite only if it names
 # test/t/ files too); BYOK_KEEP_WORKDIR=1 keeps the root run's work
-# directory even when everything passed.
+# directory even when everything passed; BYOK_TEST_INSTALLED=1 (root) runs
+# the suites against the byok already installed -- e.g. the Debian package
+# -- instead of building and installing this tree (the unit tests are still
+# built from it); tests that flip the test build's switches (test/t/022's
+# strace of pg_byok, 023's broken hooks) then fail, since a release build
+# has none.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -127,10 +132,16 @@ build_step() {
 # ---------------------------------------------------------------------------
 built=1
 if [[ $as_root -eq 1 ]]; then
-	say "build and install (root, in $repo)"
 	cd "$repo" || die "cannot cd to $repo"
-	{ build_step build-root make -s BYOK_TEST_HOOKS=1 &&
-		build_step install make -s BYOK_TEST_HOOKS=1 install; } || built=0
+	if [[ -n ${BYOK_TEST_INSTALLED:-} ]]; then
+		say "using the installed byok ($(dpkg-query -W -f='${Package} ${Version}' postgresql-15-byok 2>/dev/null || echo 'not a package'))"
+		[[ -f $(pg_config --pkglibdir)/byok.so && -x $(pg_config --bindir)/pg_byok ]] ||
+			die "BYOK_TEST_INSTALLED: no byok.so or pg_byok installed"
+	else
+		say "build and install (root, in $repo)"
+		{ build_step build-root make -s BYOK_TEST_HOOKS=1 &&
+			build_step install make -s BYOK_TEST_HOOKS=1 install; } || built=0
+	fi
 
 	if ! id -u "$test_user" >/dev/null 2>&1; then
 		say "create user $test_user"
@@ -392,7 +403,7 @@ for suite in "${suites[@]}"; do
 done
 
 # As root: leave the release build installed, not the test build.
-if [[ $as_root -eq 1 && $built -eq 1 ]]; then
+if [[ $as_root -eq 1 && $built -eq 1 && -z ${BYOK_TEST_INSTALLED:-} ]]; then
 	say "reinstall the release build"
 	(cd "$repo" && make -s && make -s install) 9>&- >"$logs/install-release.log" 2>&1 ||
 		echo "test.sh: reinstalling the release build failed, see $logs/install-release.log" >&2
