@@ -96,6 +96,7 @@ test/unit/test_xts: test/unit/test_xts.o src/aes_hw.fe.o
 
 install: install-pg-byok
 install-pg-byok: $(PROGRAM_FE) $(FE_LIB) installdirs
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
 	$(INSTALL_PROGRAM) $(PROGRAM_FE) '$(DESTDIR)$(bindir)/$(PROGRAM_FE)'
 	$(INSTALL_SHLIB) $(FE_LIB) '$(DESTDIR)$(pkglibdir)/$(FE_LIB)'
 

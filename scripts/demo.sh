@@ -41,6 +41,12 @@ step() {
 }
 info() { echo "    $*"; }
 indent() { sed 's/^/    | /'; }
+# Server log lines without their timestamp prefix, whole: long lines are
+# folded at spaces (continuations indented), never cut.
+loglines() {
+	sed 's/^[^]]*] //' | fold -s -w 150 |
+		sed -E '/^(LOG|FATAL|DETAIL|HINT|WARNING|ERROR|PANIC|STATEMENT|CONTEXT):/!s/^/      /' | indent
+}
 fail() {
 	echo "demo.sh: FAILED at step: $current_step: $*" >&2
 	exit 1
@@ -130,6 +136,10 @@ work=$(mktemp -d /tmp/byok-demo.XXXXXX)
 mkdir -p "$work/kms"
 cp -a "$repo/test/kms/." "$work/kms/"
 [[ $as_root -eq 1 ]] && chown -R "$demo_user:" "$work"
+# From here on everything runs in the work directory: the demo user may not
+# enter the checkout (e.g. /root/byok), and every PostgreSQL program started
+# there would first complain that it cannot change back into it.
+cd "$work"
 info "work directory: $work"
 
 # ---------------------------------------------------------------------------
@@ -317,7 +327,7 @@ step "Start it with byok preloaded" "shared_preload_libraries = 'byok', port $po
 echo "shared_preload_libraries = 'byok'" | as_user tee -a "$pgdata/postgresql.conf" >/dev/null
 as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null ||
 	{ tail -n 30 "$work/pg_encrypted.log" >&2; fail "the encrypted cluster did not start"; }
-grep -E 'byok audit|encryption active' "$work/pg_encrypted.log" | sed 's/^[^]]*] //' | cut -c1-200 | indent
+grep -E 'byok audit|encryption active' "$work/pg_encrypted.log" | loglines
 info "running: $(as_user psql -X -A -t -h "$sockdir" -p "$port_enc" -d postgres -c 'SELECT version()')"
 
 psql_enc() { as_user psql -X -v ON_ERROR_STOP=1 -h "$sockdir" -p "$port_enc" -d postgres "$@"; }
@@ -381,14 +391,14 @@ logsize=$(stat -c %s "$work/pg_encrypted.log")
 if as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null 2>&1; then
 	fail "the server started with a wrong API key"
 fi
-tail -c +"$((logsize + 1))" "$work/pg_encrypted.log" | grep -E 'FATAL|DETAIL|HINT' | sed 's/^[^]]*] //' | cut -c1-240 | indent
+tail -c +"$((logsize + 1))" "$work/pg_encrypted.log" | grep -E 'FATAL|DETAIL|HINT' | loglines
 echo "byok.api_key_file = '$apikey_file'" | as_user tee -a "$pgdata/postgresql.conf" >/dev/null
 as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null ||
 	{ tail -n 30 "$work/pg_encrypted.log" >&2; fail "the server did not start with the right API key"; }
 info "right API key back: started, $(psql_enc -A -t -c "SELECT count(*) || ' rows' FROM demo_secret")"
 
 # ---------------------------------------------------------------------------
-step "The key watchdog follows the key's life" "Key Protect rotates the key by itself; the watchdog (polling every second here) syncs it; then the key is deleted: the cluster locks; the key is restored: the data comes back."
+step "The key watchdog follows the key's life" "Key Protect rotates the key by itself; the watchdog (polling every second here) syncs it; then, right after commits that no checkpoint covers, the key is deleted: the cluster locks; the key is restored: recovery replays those commits from the encrypted WAL."
 # ---------------------------------------------------------------------------
 kpctl() { as_user python3 "$work/kms/kpemu.py" ctl --state-dir "$emu" "$@"; }
 key_uuid=${key_crn##*:}
@@ -400,30 +410,47 @@ for _ in $(seq 1 50); do
 	sleep 0.1
 done
 [[ $now != "$before" ]] || fail "the watchdog did not sync the rotation"
-grep -E 'syncing KMS state: key' "$work/pg_encrypted.log" | tail -1 | sed 's/^[^]]*] //' | cut -c1-200 | indent
+grep -E 'syncing KMS state: key' "$work/pg_encrypted.log" | tail -1 | loglines
 info "rotated in Key Protect: the watchdog rewrapped the keyring under $now"
 
 rows_before=$(psql_enc -A -t -c "SELECT count(*) FROM demo_secret")
+# A checkpoint, then commits after it: until the next checkpoint, the WAL is
+# the only thing that makes them durable.
+psql_enc -q -c "CHECKPOINT"
+redo_lsn=$(psql_enc -A -t -c "SELECT redo_lsn FROM pg_control_checkpoint()")
+psql_enc -q -c "CREATE TABLE demo_late (id int PRIMARY KEY, note text)"
+for i in 1 2 3 4 5; do
+	psql_enc -q -c "INSERT INTO demo_late VALUES ($i, 'commit $i after the last checkpoint')"
+done
+late_lsn=$(psql_enc -A -t -c "SELECT pg_current_wal_lsn()")
+info "last checkpoint: redo point $redo_lsn; then 5 separate commits (table demo_late), WAL now at $late_lsn"
 pm_pid=$(head -1 "$pgdata/postmaster.pid")
 kpctl delete "$key_uuid" --force >/dev/null || fail "deleting the key in the emulator failed"
 for _ in $(seq 1 100); do kill -0 "$pm_pid" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$pm_pid" 2>/dev/null && fail "the cluster did not lock after the key was deleted"
-grep -E 'LOCKED' "$work/pg_encrypted.log" | tail -1 | sed 's/^[^]]*] //' | cut -c1-200 | indent
-info "key deleted in Key Protect: the cluster locked (immediate shutdown, no process left)"
+grep -E 'LOCKED' "$work/pg_encrypted.log" | tail -1 | loglines
+info "key deleted in Key Protect: the cluster locked (immediate shutdown, no process left, no checkpoint written)"
+as_user pg_controldata -D "$pgdata" | grep -E "cluster state|REDO location" | indent
+[[ $(as_user pg_controldata -D "$pgdata" | sed -n "s/^Latest checkpoint's REDO location: *//p") == "$redo_lsn" ]] ||
+	fail "a checkpoint was written after the commits: the step would prove nothing"
 as_user pg_byok status -D "$pgdata" 2>&1 | head -2 | indent
 logsize=$(stat -c %s "$work/pg_encrypted.log")
 if as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null 2>&1; then
 	fail "the server started while its key is deleted"
 fi
-tail -c +"$((logsize + 1))" "$work/pg_encrypted.log" | grep -E 'FATAL|HINT' | sed 's/^[^]]*] //' | cut -c1-200 | indent
+tail -c +"$((logsize + 1))" "$work/pg_encrypted.log" | grep -E 'FATAL|HINT' | loglines
 kpctl advance-clock 31 >/dev/null
 kpctl restore "$key_uuid" >/dev/null || fail "restoring the key in the emulator failed"
 as_user pg_ctl -D "$pgdata" -l "$work/pg_encrypted.log" -w start >/dev/null ||
 	{ tail -n 30 "$work/pg_encrypted.log" >&2; fail "the server did not start after the key was restored"; }
-grep -E 'cluster unlocked' "$work/pg_encrypted.log" | tail -1 | sed 's/^[^]]*] //' | indent
+grep -E 'cluster unlocked|redo starts at|redo done at' "$work/pg_encrypted.log" | tail -3 | loglines
 rows_after=$(psql_enc -A -t -c "SELECT count(*) FROM demo_secret")
 [[ $rows_after == "$rows_before" ]] || fail "rows before the lock: $rows_before, after: $rows_after"
-info "key restored: unlocked, crash recovery ran, all $rows_after rows are back"
+late_after=$(psql_enc -A -t -c "SELECT count(*) FROM demo_late")
+[[ $late_after == 5 ]] || fail "commits after the last checkpoint: 5 before the lock, $late_after after"
+info "key restored: unlocked; crash recovery replayed the encrypted WAL from $redo_lsn:"
+info "all $rows_after rows of demo_secret and all 5 commits made after the last checkpoint are back"
+psql_enc -A -t -c "SELECT '  ' || id || ': ' || note FROM demo_late ORDER BY id" | indent
 
 # ---------------------------------------------------------------------------
 step "For contrast: the same on a stock cluster" "No byok, port $port_stock."

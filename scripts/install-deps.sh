@@ -22,6 +22,9 @@ packages=(
 	gdb
 	# test/t/070_pgbackrest.pl: byok with real pgBackRest
 	pgbackrest
+	# test/debian: a Debian 12 root (scripts/mkroot.sh --isolate needs ip),
+	# the package built from the checkout's git tree
+	debootstrap iproute2 git
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -12,8 +12,12 @@
 # installation) are already there.
 #
 # Suites, in order: unit (make unittest), emulator (make emulatortest), tap
-# (make taptest: prove over test/t/*.pl, pg_regress included).  Every suite
-# runs even if an earlier one failed.  The output ends with a summary table
+# (make taptest: prove over test/t/*.pl, pg_regress included), debian
+# (prove over test/debian/*.pl, as root: the Debian package built, linted,
+# installed and used in a fresh Debian 12 root, and the install docs run
+# literally there; about 5 minutes once its cached root exists, see
+# test/debian/090_debian_package.pl).  Every suite runs even if an earlier
+# one failed.  The output ends with a summary table
 # and, as the very last line, "N passed, N failed" over all tests; CI reads
 # that line.  A suite that did not run or did not report counts as one
 # failure; so does a build that fails or warns in our own files.  The exit
@@ -25,15 +29,22 @@
 # users get) back when it is done.
 #
 # Environment: PROVE_TESTS="test/t/000_scanner.pl ..." runs a subset of the
-# TAP tests; BYOK_KEEP_WORKDIR=1 keeps the root run's work directory even
-# when everything passed.
+# TAP tests; the debian suite runs only when PROVE_TESTS is empty or names
+# test/debian/ files (then only those, and the tap suite only if it names
+# test/t/ files too); BYOK_KEEP_WORKDIR=1 keeps the root run's work
+# directory even when everything passed; BYOK_TEST_INSTALLED=1 (root) runs
+# the suites against the byok already installed -- e.g. the Debian package
+# -- instead of building and installing this tree (the unit tests are still
+# built from it); tests that flip the test build's switches (test/t/022's
+# strace of pg_byok, 023's broken hooks) then fail, since a release build
+# has none.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 test_user=byoktest
-suites=(unit emulator tap)
+suites=(unit emulator tap debian)
 
-declare -A n_passed n_failed state
+declare -A n_passed n_failed state seconds
 build_state=ok
 build_failures=0
 
@@ -121,10 +132,16 @@ build_step() {
 # ---------------------------------------------------------------------------
 built=1
 if [[ $as_root -eq 1 ]]; then
-	say "build and install (root, in $repo)"
 	cd "$repo" || die "cannot cd to $repo"
-	{ build_step build-root make -s BYOK_TEST_HOOKS=1 &&
-		build_step install make -s BYOK_TEST_HOOKS=1 install; } || built=0
+	if [[ -n ${BYOK_TEST_INSTALLED:-} ]]; then
+		say "using the installed byok ($(dpkg-query -W -f='${Package} ${Version}' postgresql-15-byok 2>/dev/null || echo 'not a package'))"
+		[[ -f $(pg_config --pkglibdir)/byok.so && -x $(pg_config --bindir)/pg_byok ]] ||
+			die "BYOK_TEST_INSTALLED: no byok.so or pg_byok installed"
+	else
+		say "build and install (root, in $repo)"
+		{ build_step build-root make -s BYOK_TEST_HOOKS=1 &&
+			build_step install make -s BYOK_TEST_HOOKS=1 install; } || built=0
+	fi
 
 	if ! id -u "$test_user" >/dev/null 2>&1; then
 		say "create user $test_user"
@@ -289,6 +306,37 @@ show_tap_logs() {
 	fi
 }
 
+# PROVE_TESTS split: test/t/ files for the tap suite, test/debian/ files
+# for the debian suite.
+tap_tests=
+debian_tests=
+for t in ${PROVE_TESTS:-}; do
+	case $t in
+	test/debian/*) debian_tests+="${debian_tests:+ }$t" ;;
+	*) tap_tests+="${tap_tests:+ }$t" ;;
+	esac
+done
+
+# The debian suite: as root, in the copy of the tree (its tmp_check/ goes
+# there); the test archives the checkout itself ($repo, with its .git).
+run_debian() {
+	local log=$logs/debian.log pgperl rc
+	pgperl=$(dirname "$(pg_config --pgxs)")/../../src/test/perl
+	say "suite: debian (prove ${debian_tests:-test/debian/*.pl}, as root)"
+	# shellcheck disable=SC2086 # word splitting of the file list wanted
+	(cd "$src" && env BYOK_REPO="$repo" HARNESS_TIMER=1 \
+		prove -I test/perl -I "$pgperl" ${debian_tests:-test/debian/*.pl} 9>&-) 2>&1 | tee "$log"
+	rc=${PIPESTATUS[0]}
+	parse_prove debian "$rc"
+	if [[ ${state[debian]} != ok ]]; then
+		for f in "$src"/tmp_check/log/regress_log_09*; do
+			[[ -f $f ]] || continue
+			say "tail of $f"
+			tail -n 80 "$f"
+		done
+	fi
+}
+
 run_suite() {
 	local suite=$1 target
 	case $suite in
@@ -298,7 +346,11 @@ run_suite() {
 		# Given on the command line because PGXS's Makefile.global resets
 		# PROVE_FLAGS after the Makefile has set it.
 		target=(taptest "PROVE_FLAGS=-I test/perl")
-		[[ -n ${PROVE_TESTS:-} ]] && target+=("PROVE_TESTS=$PROVE_TESTS")
+		[[ -n $tap_tests ]] && target+=("PROVE_TESTS=$tap_tests")
+		;;
+	debian)
+		run_debian
+		return
 		;;
 	esac
 	say "suite: $suite (make ${target[*]})"
@@ -330,8 +382,19 @@ if [[ $as_root -eq 1 && $built -eq 1 ]]; then
 fi
 
 for suite in "${suites[@]}"; do
-	if [[ $built -eq 1 ]]; then
+	if [[ $suite == tap && -n ${PROVE_TESTS:-} && -z $tap_tests ]] ||
+		[[ $suite == debian && -n ${PROVE_TESTS:-} && -z $debian_tests ]]; then
+		n_passed[$suite]=0
+		n_failed[$suite]=0
+		state[$suite]="skipped (not in PROVE_TESTS)"
+	elif [[ $suite == debian && $as_root -ne 1 ]]; then
+		n_passed[$suite]=0
+		n_failed[$suite]=0
+		state[$suite]="skipped (needs root)"
+	elif [[ $built -eq 1 ]]; then
+		suite_start=$SECONDS
 		run_suite "$suite"
+		seconds[$suite]=$((SECONDS - suite_start))
 	else
 		n_passed[$suite]=0
 		n_failed[$suite]=1
@@ -340,7 +403,7 @@ for suite in "${suites[@]}"; do
 done
 
 # As root: leave the release build installed, not the test build.
-if [[ $as_root -eq 1 && $built -eq 1 ]]; then
+if [[ $as_root -eq 1 && $built -eq 1 && -z ${BYOK_TEST_INSTALLED:-} ]]; then
 	say "reinstall the release build"
 	(cd "$repo" && make -s && make -s install) 9>&- >"$logs/install-release.log" 2>&1 ||
 		echo "test.sh: reinstalling the release build failed, see $logs/install-release.log" >&2
@@ -357,14 +420,14 @@ fi
 total_passed=0
 total_failed=$build_failures
 say "summary"
-printf '%-10s %8s %8s  %s\n' suite passed failed status
-printf '%-10s %8s %8s  %s\n' build - "$build_failures" "$build_state"
+printf '%-10s %8s %8s %7s  %s\n' suite passed failed seconds status
+printf '%-10s %8s %8s %7s  %s\n' build - "$build_failures" - "$build_state"
 for suite in "${suites[@]}"; do
-	printf '%-10s %8d %8d  %s\n' "$suite" "${n_passed[$suite]}" "${n_failed[$suite]}" "${state[$suite]}"
+	printf '%-10s %8d %8d %7s  %s\n' "$suite" "${n_passed[$suite]}" "${n_failed[$suite]}" "${seconds[$suite]:--}" "${state[$suite]}"
 	total_passed=$((total_passed + n_passed[$suite]))
 	total_failed=$((total_failed + n_failed[$suite]))
 done
-printf '%-10s %8d %8d\n' total "$total_passed" "$total_failed"
+printf '%-10s %8d %8d %7d\n' total "$total_passed" "$total_failed" "$SECONDS"
 
 if [[ $total_failed -eq 0 && $as_root -eq 1 && -z ${BYOK_KEEP_WORKDIR:-} ]]; then
 	rm -rf "$workdir"

@@ -874,7 +874,9 @@ kms_request(const ByokKmsConfig *cfg, bool iam, const char *what, const char *me
 						 "the request was interrupted (cancelled or shutting down)");
 				break;
 			}
-			if (curl_is_tls_error(rc))
+			if (rc == CURLE_SSL_CACERT_BADFILE && strncmp(errbuf, "could not open CA file", 22) == 0)
+				res->status = KMS_ERR_CONFIG;	/* unreadable, not unverified */
+			else if (curl_is_tls_error(rc))
 				res->status = KMS_ERR_TLS;
 			else if (rc == CURLE_OPERATION_TIMEDOUT)
 			{
@@ -1703,7 +1705,13 @@ kms_describe_failure(const ByokKmsConfig *cfg, const char *action,
 			byok_error_set(err, NULL, NULL, "no error");
 			break;
 		case KMS_ERR_CONFIG:
-			byok_error_set(err, res->message, "Fix the byok settings in postgresql.conf.",
+			byok_error_set(err, res->message,
+#ifdef FRONTEND
+						   "Fix the pg_byok option that names it (--api-key-file, --kms-ca-file, --kms-endpoint, "
+						   "--iam-endpoint) or, if none was given, the byok.* setting in DATADIR/postgresql.conf.",
+#else
+						   "Fix the byok settings in postgresql.conf.",
+#endif
 						   "could not %s: byok is not configured correctly", action);
 			break;
 		case KMS_ERR_APIKEY:
