@@ -496,7 +496,7 @@ byok_relation_encrypted(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	}
 	FlushRelationBuffers(rel);
-	path = relpathbackend(rel->rd_node, rel->rd_backend, MAIN_FORKNUM);
+	path = BYOK_REL_MAIN_PATH(rel);
 
 	/* scan segment by segment; a segment shorter than RELSEG_SIZE is the last */
 	for (int segno = 0; !found; segno++)
