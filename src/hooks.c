@@ -124,6 +124,42 @@ expected_md_entry(void *slots[SMGR_NSLOTS])
 
 #endif							/* PG_VERSION_NUM >= 180000 */
 
+#if PG_VERSION_NUM >= 170000 && PG_VERSION_NUM < 180000
+
+/*
+ * PostgreSQL 17: f_smgr has seventeen pointers (smgr.c): 15's fifteen with
+ * smgr_zeroextend after smgr_extend, smgr_read / smgr_write become
+ * smgr_readv / smgr_writev, and smgr_registersync at the end.
+ */
+#define SMGR_NSLOTS			17
+#define SMGR_SLOT_EXTEND	7
+#define SMGR_SLOT_READV		10
+#define SMGR_SLOT_WRITEV	11
+
+static void
+expected_md_entry(void *slots[SMGR_NSLOTS])
+{
+	slots[0] = (void *) mdinit;
+	slots[1] = NULL;			/* smgr_shutdown */
+	slots[2] = (void *) mdopen;
+	slots[3] = (void *) mdclose;
+	slots[4] = (void *) mdcreate;
+	slots[5] = (void *) mdexists;
+	slots[6] = (void *) mdunlink;
+	slots[SMGR_SLOT_EXTEND] = (void *) mdextend;
+	slots[8] = (void *) mdzeroextend;
+	slots[9] = (void *) mdprefetch;
+	slots[SMGR_SLOT_READV] = (void *) mdreadv;
+	slots[SMGR_SLOT_WRITEV] = (void *) mdwritev;
+	slots[12] = (void *) mdwriteback;
+	slots[13] = (void *) mdnblocks;
+	slots[14] = (void *) mdtruncate;
+	slots[15] = (void *) mdimmedsync;
+	slots[16] = (void *) mdregistersync;
+}
+
+#endif							/* PG_VERSION_NUM 17 */
+
 #if PG_VERSION_NUM >= 170000
 
 /*
@@ -196,41 +232,6 @@ static const SmgrRedirect smgr_redirects[] = {
 
 #endif							/* PG_VERSION_NUM >= 170000 */
 
-#if PG_VERSION_NUM >= 170000 && PG_VERSION_NUM < 180000
-
-/*
- * PostgreSQL 17: f_smgr has seventeen pointers (smgr.c): 15's fifteen with
- * smgr_zeroextend after smgr_extend, smgr_read / smgr_write become
- * smgr_readv / smgr_writev, and smgr_registersync at the end.
- */
-#define SMGR_NSLOTS			17
-#define SMGR_SLOT_EXTEND	7
-#define SMGR_SLOT_READV		10
-#define SMGR_SLOT_WRITEV	11
-
-static void
-expected_md_entry(void *slots[SMGR_NSLOTS])
-{
-	slots[0] = (void *) mdinit;
-	slots[1] = NULL;			/* smgr_shutdown */
-	slots[2] = (void *) mdopen;
-	slots[3] = (void *) mdclose;
-	slots[4] = (void *) mdcreate;
-	slots[5] = (void *) mdexists;
-	slots[6] = (void *) mdunlink;
-	slots[SMGR_SLOT_EXTEND] = (void *) mdextend;
-	slots[8] = (void *) mdzeroextend;
-	slots[9] = (void *) mdprefetch;
-	slots[SMGR_SLOT_READV] = (void *) mdreadv;
-	slots[SMGR_SLOT_WRITEV] = (void *) mdwritev;
-	slots[12] = (void *) mdwriteback;
-	slots[13] = (void *) mdnblocks;
-	slots[14] = (void *) mdtruncate;
-	slots[15] = (void *) mdimmedsync;
-	slots[16] = (void *) mdregistersync;
-}
-
-#endif							/* PG_VERSION_NUM 17 */
 
 #if PG_VERSION_NUM < 170000
 
