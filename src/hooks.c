@@ -53,6 +53,42 @@
 /* --- the storage-manager switch, per PostgreSQL version ------------------- */
 
 /*
+ * md.c's functions are weak references: each major has some the others do
+ * not (15's mdread / mdwrite, 17's mdreadv / mdwritev, 18's mdstartreadv),
+ * and the dynamic linker would refuse a byok.so of another major for an
+ * undefined symbol before PostgreSQL's PG_MODULE_MAGIC check could refuse
+ * it with both versions named.  On the right server every one resolves;
+ * a missing one would fail the md entry match below.
+ */
+#pragma weak mdinit
+#pragma weak mdopen
+#pragma weak mdclose
+#pragma weak mdcreate
+#pragma weak mdexists
+#pragma weak mdunlink
+#pragma weak mdextend
+#pragma weak mdprefetch
+#pragma weak mdwriteback
+#pragma weak mdnblocks
+#pragma weak mdtruncate
+#pragma weak mdimmedsync
+#if PG_VERSION_NUM >= 170000
+#pragma weak mdzeroextend
+#pragma weak mdreadv
+#pragma weak mdwritev
+#pragma weak mdregistersync
+#else
+#pragma weak mdread
+#pragma weak mdwrite
+#endif
+#if PG_VERSION_NUM >= 180000
+#pragma weak mdmaxcombine
+#pragma weak mdstartreadv
+#pragma weak mdfd
+#endif
+
+
+/*
  * smgr.c's page functions (encrypt one page into a private buffer, decrypt
  * one page in place), the same on every version; the adaptors below turn
  * md.c's calls of each version into calls of these.

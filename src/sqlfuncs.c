@@ -526,7 +526,7 @@ byok_relation_encrypted(PG_FUNCTION_ARGS)
 
 	if (found)
 	{
-		byok_smgr_page_id(RelationGetSmgr(rel), MAIN_FORKNUM, blkno, &id);
+		byok_smgr_page_id(smgropen(BYOK_REL_LOCATOR(rel), rel->rd_backend), MAIN_FORKNUM, blkno, &id);
 		memcpy(copy.data, raw.data, BLCKSZ);
 		encrypted = !byok_page_header_valid(raw.data) &&
 			byok_page_decrypt(copy.data, &id, byok_data_checksums()) == BYOK_PAGE_OK &&
