@@ -18,9 +18,10 @@
 #                 PROVE_TESTS), which inside the root builds, installs and
 #                 tests against that major, exactly as on the host for 15.
 # PostgreSQL 15 is the host's (bash scripts/test.sh); this script never
-# touches the host's installation; it copies the host's byok.so into the
-# root's /build/other-major for test/t/025_server_version.pl.  One root runs at a time (a lock), and
-# every run prints "MAJOR: N passed, N failed" and, last, the total
+# touches the host's installation; it builds this tree's byok.so for the
+# host's major in a scratch copy and puts it into each root's
+# /build/other-major, for test/t/025_server_version.pl to refuse.  One root
+# runs at a time (a lock), and every run prints "MAJOR: N passed, N failed" and, last, the total
 # "N passed, N failed" over the majors it ran.
 #
 # Environment: PROVE_TESTS, BYOK_KEEP_WORKDIR (passed to test.sh),
@@ -96,12 +97,18 @@ for major in "${majors[@]}"; do
 		--exclude=./log --exclude='*.o' --exclude='*.so' --exclude='*.bc' \
 		--exclude=./pg_byok --exclude=./.byok-flavour . | tar -C "$root/build/byok" -xf - ||
 		die "copying the tree into $root failed"
-	# test/t/025_server_version.pl: a byok.so of another major to refuse
+	# test/t/025_server_version.pl: this tree's byok.so for the host's
+	# major (15), built once per run in a scratch copy, to be refused
 	mkdir -p "$root/build/other-major"
-	host_lib=$(pg_config --pkglibdir 2>/dev/null)/byok.so
-	if [[ -f $host_lib ]]; then
-		cp "$host_lib" "$root/build/other-major/byok-pg$(pg_config --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/').so"
+	if [[ -z ${host_lib:-} ]] && command -v pg_config >/dev/null; then
+		host_major=$(pg_config --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+		scratch=$(mktemp -d /tmp/byok-pgversions.XXXXXX)
+		tar -C "$repo" -cf - --exclude=.git --exclude='*.o' --exclude='*.so' . | tar -C "$scratch" -xf - &&
+			(cd "$scratch" && make -s clean >/dev/null 2>&1; make -s -j2 byok.so >/dev/null 2>&1) &&
+			host_lib=$scratch/byok-pg$host_major.so && mv "$scratch/byok.so" "$host_lib" ||
+			echo "pgversions.sh: could not build byok.so for the host's PostgreSQL $host_major" >&2
 	fi
+	[[ -n ${host_lib:-} && -f $host_lib ]] && cp "$host_lib" "$root/build/other-major/"
 	chmod -R a+rX "$root/build"
 	log=$root/build/run.log
 	if [[ $build_only -eq 1 ]]; then
@@ -125,6 +132,7 @@ for major in "${majors[@]}"; do
 	total_f=$((total_f + f))
 done
 
+[[ -n ${scratch:-} ]] && rm -rf "$scratch"
 echo
 echo "=== summary ==="
 printf '%s\n' "${summary[@]}"
