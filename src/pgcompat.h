@@ -59,6 +59,20 @@ typedef char ByokB64Byte;
 #endif
 
 /*
+ * Symbols one major has and another lacks are weak references, so that a
+ * byok.so built for one major loads far enough on another for PostgreSQL's
+ * PG_MODULE_MAGIC check to refuse it with both versions named, instead of
+ * the dynamic linker refusing it for an "undefined symbol" (hooks.c does
+ * the same for md.c's functions).  18's backend pqsignal is a macro for
+ * pqsignal_be; 15 and 17 export pqsignal.
+ */
+#if PG_VERSION_NUM >= 180000
+#pragma weak pqsignal_be
+#else
+#pragma weak pqsignal
+#endif
+
+/*
  * This process's PGPROC number, or -1 without one: 17 dropped
  * PGPROC->pgprocno for the global MyProcNumber (INVALID_PROC_NUMBER = -1).
  */
