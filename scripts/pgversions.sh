@@ -112,13 +112,13 @@ for major in "${majors[@]}"; do
 	chmod -R a+rX "$root/build"
 	log=$root/build/run.log
 	if [[ $build_only -eq 1 ]]; then
-		bash "$repo/scripts/mkroot.sh" --run "$root" -- bash -c "$inner_build" inner "$major" 2>&1 | tee "$log"
+		bash "$repo/scripts/mkroot.sh" --run "$root" -- bash -c "$inner_build" inner "$major" 2>&1 8>&- | tee "$log"
 	else
 		envv=(BYOK_PG_MAJOR="$major")
 		[[ -n ${PROVE_TESTS:-} ]] && envv+=(PROVE_TESTS="$PROVE_TESTS")
 		[[ -n ${BYOK_KEEP_WORKDIR:-} ]] && envv+=(BYOK_KEEP_WORKDIR=1)
 		bash "$repo/scripts/mkroot.sh" --run "$root" -- \
-			env "${envv[@]}" bash /build/byok/scripts/test.sh 2>&1 | tee "$log"
+			env "${envv[@]}" bash /build/byok/scripts/test.sh 2>&1 8>&- | tee "$log"
 	fi
 	line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
 	if [[ -z $line ]]; then

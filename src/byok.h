@@ -44,11 +44,14 @@ typedef const void *(*ByokPageEncryptFn) (SMgrRelation reln, ForkNumber forknum,
 										  BlockNumber blkno, const void *page, int slot);
 typedef void (*ByokPageDecryptFn) (SMgrRelation reln, ForkNumber forknum,
 								   BlockNumber blkno, void *page);
+typedef void (*ByokPageDecryptIdFn) (const ByokPageId *id, void *page);
 
 typedef struct ByokSmgrFuncs
 {
 	ByokPageEncryptFn encrypt;
 	ByokPageDecryptFn decrypt;
+	ByokPageDecryptIdFn decrypt_id; /* 18's AIO completion: no SMgrRelation,
+									 * no error, no allocation */
 } ByokSmgrFuncs;
 
 /*

@@ -47,6 +47,9 @@
 #include "miscadmin.h"
 #include "storage/md.h"
 #include "utils/guc.h"
+#if PG_VERSION_NUM >= 180000
+#include "storage/aio.h"
+#endif
 
 #include "byok.h"
 
@@ -85,6 +88,9 @@
 #pragma weak mdmaxcombine
 #pragma weak mdstartreadv
 #pragma weak mdfd
+#pragma weak aio_md_readv_cb
+#pragma weak pgaio_io_get_target_data
+#pragma weak pgaio_io_get_iovec
 #endif
 
 
@@ -113,25 +119,30 @@ typedef struct RelroSegment
 
 static bool smgr_installed = false;
 
+static bool protect_range(void *addr, size_t len, int prot);
+
 #if PG_VERSION_NUM >= 180000
 
 /*
  * PostgreSQL 18: f_smgr has twenty pointers (smgr.c): 17's seventeen plus
  * smgr_maxcombine after smgr_prefetch, smgr_startreadv after smgr_readv
  * and smgr_fd at the end.  Buffer-cache misses no longer call mdreadv:
- * they start asynchronous reads (mdstartreadv) whose completion callbacks
- * run in any backend or I/O worker inside a critical section.  Until byok
- * decrypts there, it refuses to start on 18 (SMGR_UNSUPPORTED): it never
- * runs with a read path that would hand ciphertext to the buffer manager.
+ * they start asynchronous reads (mdstartreadv) that an I/O worker, the
+ * kernel (io_uring) or the backend itself (io_method = sync) performs, and
+ * whose completion callbacks run in whichever process reaps the I/O,
+ * inside a critical section.  md.c's callback (aio_md_readv_cb, a const
+ * struct in RELRO like the md entry) runs before the buffer manager's,
+ * which verifies the page: byok points its complete_shared at
+ * byok_md_readv_complete, which calls md.c's and then decrypts, in place,
+ * the blocks the I/O read -- no error, no allocation, no KMS call there;
+ * without keys the I/O fails with EIO instead.  mdstartreadv itself is not
+ * redirected: the pages are not there yet when it returns.
  */
 #define SMGR_NSLOTS			20
 #define SMGR_SLOT_EXTEND	7
 #define SMGR_SLOT_READV		11
-#define SMGR_SLOT_STARTREADV 12
 #define SMGR_SLOT_WRITEV	13
-#define SMGR_UNSUPPORTED \
-	"PostgreSQL 18 reads relation pages asynchronously (smgrstartreadv, io_method), " \
-	"and this byok does not decrypt in the AIO completion callbacks yet."
+#define SMGR_AIO_READS		1
 
 static void
 expected_md_entry(void *slots[SMGR_NSLOTS])
@@ -148,7 +159,7 @@ expected_md_entry(void *slots[SMGR_NSLOTS])
 	slots[9] = (void *) mdprefetch;
 	slots[10] = (void *) mdmaxcombine;
 	slots[SMGR_SLOT_READV] = (void *) mdreadv;
-	slots[SMGR_SLOT_STARTREADV] = (void *) mdstartreadv;
+	slots[12] = (void *) mdstartreadv;
 	slots[SMGR_SLOT_WRITEV] = (void *) mdwritev;
 	slots[14] = (void *) mdwriteback;
 	slots[15] = (void *) mdnblocks;
@@ -267,6 +278,115 @@ static const SmgrRedirect smgr_redirects[] = {
 };
 
 #endif							/* PG_VERSION_NUM >= 170000 */
+
+#ifdef SMGR_AIO_READS
+
+static PgAioHandleCallbackComplete orig_md_readv_complete;
+
+/*
+ * md.c's completion of an asynchronous read, then decryption of every
+ * block it read.  Runs in a critical section in any process: nothing here
+ * may raise an error or allocate.
+ */
+static PgAioResult
+byok_md_readv_complete(PgAioHandle *ioh, PgAioResult prior_result, uint8 cb_data)
+{
+	PgAioResult result = orig_md_readv_complete(ioh, prior_result, cb_data);
+	PgAioTargetData *td;
+	struct iovec *iov;
+	int			iovcnt;
+	ByokPageId	id;
+	int			done = 0;
+
+	if (result.status == PGAIO_RS_ERROR || result.result <= 0)
+		return result;
+	if (!byok_crypto_ready())
+	{
+		/* no keys (locked): the pages are not handed on, in clear or not */
+		result.status = PGAIO_RS_ERROR;
+		result.id = PGAIO_HCB_MD_READV;
+		result.error_data = EIO;
+		result.result = 0;
+		return result;
+	}
+	td = pgaio_io_get_target_data(ioh);
+	id.relnumber = td->smgr.rlocator.relNumber;
+	id.forknum = (int) td->smgr.forkNum;
+	id.temp = td->smgr.is_temp;
+	iovcnt = pgaio_io_get_iovec(ioh, &iov);
+	for (int i = 0; i < iovcnt && done < result.result; i++)
+	{
+		for (size_t off = 0; off + BLCKSZ <= iov[i].iov_len && done < result.result; off += BLCKSZ)
+		{
+			id.blkno = td->smgr.blockNum + (BlockNumber) done;
+			page_funcs->decrypt_id(&id, (char *) iov[i].iov_base + off);
+			done++;
+		}
+	}
+	return result;
+}
+
+/*
+ * Point aio_md_readv_cb.complete_shared at byok_md_readv_complete.  The
+ * struct must lie in the executable's RELRO segment, hold a completion
+ * function, and be referenced exactly once there (by the AIO callback
+ * table, aio_callback.c): otherwise the server's reads do not go where
+ * byok expects, and it refuses to start.
+ */
+static bool
+install_aio_reads(const RelroSegment *seg, ByokError *err)
+{
+	PgAioHandleCallbacks *cb = unconstify(PgAioHandleCallbacks *, &aio_md_readv_cb);
+	uintptr_t	at = (uintptr_t) cb;
+	int			refs = 0;
+	char		detail[256];
+
+	if (at < seg->start || at + sizeof(*cb) > seg->start + seg->len ||
+		cb->complete_shared == NULL)
+	{
+		byok_error_set(err, "md.c's AIO read callbacks (aio_md_readv_cb) are not where PostgreSQL 18 keeps them.",
+					   "This server build does not match what byok was built for; "
+					   "rebuild byok against the installed server (make clean install).",
+					   "could not install the byok storage hooks");
+		return false;
+	}
+	for (uintptr_t p = TYPEALIGN(sizeof(void *), seg->start);
+		 p + sizeof(void *) <= seg->start + seg->len; p += sizeof(void *))
+		if (*(const uintptr_t *) p == at)
+			refs++;
+	if (refs != 1)
+	{
+		snprintf(detail, sizeof(detail),
+				 "md.c's AIO read callbacks (aio_md_readv_cb) are referenced %d times in the "
+				 "executable's RELRO segment; exactly 1 (the AIO callback table) was expected.", refs);
+		byok_error_set(err, detail,
+					   "This server build does not match what byok was built for; "
+					   "rebuild byok against the installed server (make clean install).",
+					   "could not install the byok storage hooks");
+		return false;
+	}
+	orig_md_readv_complete = cb->complete_shared;
+	if (!protect_range(cb, sizeof(*cb), PROT_READ | PROT_WRITE))
+	{
+		byok_error_set(err, NULL, NULL, "could not make md.c's AIO callbacks writable: %m");
+		return false;
+	}
+	cb->complete_shared = byok_md_readv_complete;
+	if (!protect_range(cb, sizeof(*cb), PROT_READ))
+	{
+		byok_error_set(err, NULL, NULL, "could not make md.c's AIO callbacks read-only again: %m");
+		return false;
+	}
+	if (cb->complete_shared != byok_md_readv_complete)
+	{
+		byok_error_set(err, "md.c's AIO read completion callback did not read back as written.", NULL,
+					   "could not install the byok storage hooks");
+		return false;
+	}
+	return true;
+}
+
+#endif							/* SMGR_AIO_READS */
 
 
 #if PG_VERSION_NUM < 170000
@@ -473,14 +593,6 @@ byok_hooks_install_smgr(const ByokSmgrFuncs *funcs, ByokError *err)
 					   "could not install the byok storage hooks");
 		return false;
 	}
-#ifdef SMGR_UNSUPPORTED
-	byok_error_set(err, SMGR_UNSUPPORTED,
-				   "Run byok on PostgreSQL 15 or 17 for now (docs/versions.md).",
-				   "byok cannot encrypt relation pages on PostgreSQL %d yet",
-				   PG_VERSION_NUM / 10000);
-	return false;
-#endif
-
 	page_funcs = funcs;
 	for (int r = 0; r < (int) lengthof(smgr_redirects); r++)
 		*smgr_redirects[r].original = entry[smgr_redirects[r].slot];
@@ -514,6 +626,10 @@ byok_hooks_install_smgr(const ByokSmgrFuncs *funcs, ByokError *err)
 			return false;
 		}
 	}
+#ifdef SMGR_AIO_READS
+	if (!install_aio_reads(&seg, err))
+		return false;
+#endif
 	smgr_installed = true;
 	return true;
 }

@@ -59,10 +59,12 @@ static const void *byok_smgr_encrypt(SMgrRelation reln, ForkNumber forknum,
 									 BlockNumber blkno, const void *page, int slot);
 static void byok_smgr_decrypt(SMgrRelation reln, ForkNumber forknum,
 							  BlockNumber blkno, void *page);
+static void byok_smgr_decrypt_id(const ByokPageId *id, void *page);
 
 static const ByokSmgrFuncs wrappers = {
 	.encrypt = byok_smgr_encrypt,
 	.decrypt = byok_smgr_decrypt,
+	.decrypt_id = byok_smgr_decrypt_id,
 };
 
 /* Pointer to shared-memory counters. */
@@ -210,19 +212,32 @@ byok_smgr_encrypt(SMgrRelation reln, ForkNumber forknum, BlockNumber blkno,
 	return out;
 }
 
+/*
+ * Decrypt, in place, one page md.c has just read, known by its page id.
+ * Also called from 18's AIO completion callbacks, inside a critical
+ * section: it neither raises an error nor allocates (the caller has
+ * checked that the keys are there).
+ */
+static void
+byok_smgr_decrypt_id(const ByokPageId *id, void *page)
+{
+	ByokPageResult res;
+
+	res = byok_page_decrypt(page, id, data_checksums);
+	if (res == BYOK_PAGE_ZERO)
+		return;
+	count(COUNT_DECRYPTED);
+	if (res == BYOK_PAGE_BAD_CHECKSUM)
+		count(COUNT_CHECKSUM_FAILURE);
+}
+
 /* Decrypt, in place, one page md.c has just read. */
 static void
 byok_smgr_decrypt(SMgrRelation reln, ForkNumber forknum, BlockNumber blkno,
 				  void *page)
 {
 	ByokPageId	id;
-	ByokPageResult res;
 
 	byok_smgr_page_id(reln, forknum, blkno, &id);
-	res = byok_page_decrypt(page, &id, data_checksums);
-	if (res == BYOK_PAGE_ZERO)
-		return;
-	count(COUNT_DECRYPTED);
-	if (res == BYOK_PAGE_BAD_CHECKSUM)
-		count(COUNT_CHECKSUM_FAILURE);
+	byok_smgr_decrypt_id(&id, page);
 }
