@@ -6,12 +6,22 @@
 # Must run as root.  Debian's postgresql-15 package creates and starts a
 # cluster "15/main" on port 5432; byok's scripts leave it alone and use their
 # own clusters on other ports.
+#
+# BYOK_PG_MAJOR=17 (Debian 13) or 18 (Debian unstable) names the other
+# majors' packages instead (scripts/pgversions.sh, in a root of that
+# Debian); --list only prints the package names.
 set -euo pipefail
+
+pg_major=${BYOK_PG_MAJOR:-15}
+case $pg_major in
+	15 | 17 | 18) ;;
+	*) echo "install-deps.sh: BYOK_PG_MAJOR must be 15, 17 or 18" >&2; exit 1 ;;
+esac
 
 packages=(
 	# build
 	gcc make pkg-config
-	postgresql-15 postgresql-server-dev-15
+	"postgresql-$pg_major" "postgresql-server-dev-$pg_major"
 	libssl-dev libcurl4-openssl-dev libjson-c-dev
 	# tests: TAP (prove, IPC::Run), the Key Protect emulator, the scripts
 	perl libipc-run-perl
@@ -26,6 +36,11 @@ packages=(
 	# the package built from the checkout's git tree
 	debootstrap iproute2 git
 )
+
+if [[ ${1:-} == --list ]]; then
+	printf '%s\n' "${packages[@]}"
+	exit 0
+fi
 
 if [[ $(id -u) -ne 0 ]]; then
 	echo "install-deps.sh: must run as root (it installs Debian packages)" >&2

@@ -97,6 +97,13 @@ _PG_init(void)
 				 errmsg("byok must be loaded via shared_preload_libraries"),
 				 errdetail("byok encrypts every relation page; it has to be in place before the server reads or writes any."),
 				 errhint("Add 'byok' to shared_preload_libraries in postgresql.conf, run pg_byok enable on the stopped cluster, and start the server.")));
+	{
+		ByokError	version_err = {0};
+
+		/* exactly the release byok was built for, before anything else */
+		if (!byok_hooks_check_server_version(&version_err))
+			byok_report(FATAL, ERRCODE_FEATURE_NOT_SUPPORTED, &version_err);
+	}
 	byok_secmem_init_server();	/* core dumps off, key memory, before any key */
 
 	DefineCustomStringVariable("byok.root_key_file",

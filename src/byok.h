@@ -16,6 +16,7 @@
 #include "utils/timestamp.h"
 
 #include "crypto.h"
+#include "pgcompat.h"
 
 #define BYOK_VERSION	"1.0"
 
@@ -31,20 +32,26 @@
 #define BYOK_TEST_SWITCH(name)	false
 #endif
 
-/* md.c's read / write / extend, as PostgreSQL 15 declares them (md.h). */
-typedef void (*ByokMdReadFn) (SMgrRelation reln, ForkNumber forknum,
-							  BlockNumber blocknum, char *buffer);
-typedef void (*ByokMdWriteFn) (SMgrRelation reln, ForkNumber forknum,
-							   BlockNumber blocknum, char *buffer, bool skipFsync);
-typedef void (*ByokMdExtendFn) (SMgrRelation reln, ForkNumber forknum,
-								BlockNumber blocknum, char *buffer, bool skipFsync);
+/*
+ * What smgr.c does to one relation page on its way to or from md.c.
+ * hooks.c's per-version adaptors of md.c's read / write / extend call
+ * these for every page: 'encrypt' returns private buffer 'slot' (0 ..
+ * BYOK_SMGR_BATCH - 1) holding the ciphertext, 'decrypt' works in place.
+ */
+#define BYOK_SMGR_BATCH		16
 
-/* The three storage-manager slots byok redirects. */
+typedef const void *(*ByokPageEncryptFn) (SMgrRelation reln, ForkNumber forknum,
+										  BlockNumber blkno, const void *page, int slot);
+typedef void (*ByokPageDecryptFn) (SMgrRelation reln, ForkNumber forknum,
+								   BlockNumber blkno, void *page);
+typedef void (*ByokPageDecryptIdFn) (const ByokPageId *id, void *page);
+
 typedef struct ByokSmgrFuncs
 {
-	ByokMdReadFn read;
-	ByokMdWriteFn write;
-	ByokMdExtendFn extend;
+	ByokPageEncryptFn encrypt;
+	ByokPageDecryptFn decrypt;
+	ByokPageDecryptIdFn decrypt_id; /* 18's AIO completion: no SMgrRelation,
+									 * no error, no allocation */
 } ByokSmgrFuncs;
 
 /*
@@ -56,6 +63,7 @@ typedef int (*ByokCloseFn) (int fd);
 typedef ssize_t (*ByokPreadFn) (int fd, void *buf, size_t count, off_t offset);
 typedef ssize_t (*ByokPwriteFn) (int fd, const void *buf, size_t count, off_t offset);
 typedef ssize_t (*ByokPwritevFn) (int fd, const struct iovec *iov, int iovcnt, off_t offset);
+typedef ssize_t (*ByokPreadvFn) (int fd, const struct iovec *iov, int iovcnt, off_t offset);
 typedef ssize_t (*ByokReadFn) (int fd, void *buf, size_t count);
 typedef ssize_t (*ByokWriteFn) (int fd, const void *buf, size_t count);
 typedef int (*ByokFtruncateFn) (int fd, off_t length);
@@ -74,11 +82,12 @@ typedef struct ByokIoFuncs
 	ByokFtruncateFn ftruncate;
 	ByokFopenFn fopen;
 	ByokFilenoFn fileno;
+	ByokPreadvFn preadv;
 } ByokIoFuncs;
 
 /* hooks.c: the binary-level redirection */
+extern bool byok_hooks_check_server_version(ByokError *err);
 extern bool byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err);
-extern const ByokSmgrFuncs *byok_hooks_smgr_originals(void);
 extern bool byok_hooks_installed(void);
 extern bool byok_hooks_install_io(const ByokIoFuncs *wrappers, ByokError *err);
 extern bool byok_hooks_install_io_modules(ByokError *err);

@@ -595,8 +595,9 @@ byok_page_header_valid(const char *page)
 {
 	const PageHeaderData *ph = (const PageHeaderData *) page;
 
-	return PageGetPageSize(ph) == BLCKSZ &&
-		PageGetPageLayoutVersion(ph) == PG_PAGE_LAYOUT_VERSION &&
+	/* PageGetPageSize() and friends take a non-const Page since 16 */
+	return (ph->pd_pagesize_version & 0xFF00) == BLCKSZ &&
+		(ph->pd_pagesize_version & 0x00FF) == PG_PAGE_LAYOUT_VERSION &&
 		(ph->pd_flags & ~PD_VALID_FLAG_BITS) == 0 &&
 		ph->pd_lower <= ph->pd_upper &&
 		ph->pd_upper <= ph->pd_special &&

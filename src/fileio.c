@@ -127,6 +127,7 @@ typedef struct ByokIoShared
 static ssize_t io_pread(int fd, void *buf, size_t count, off_t offset);
 static ssize_t io_pwrite(int fd, const void *buf, size_t count, off_t offset);
 static ssize_t io_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t offset);
+static ssize_t io_preadv(int fd, const struct iovec *iov, int iovcnt, off_t offset);
 static ssize_t io_read(int fd, void *buf, size_t count);
 static ssize_t io_write(int fd, const void *buf, size_t count);
 static int	io_open(const char *path, int flags,...);
@@ -146,6 +147,7 @@ static const ByokIoFuncs io_wrappers = {
 	.ftruncate = io_ftruncate,
 	.fopen = io_fopen,
 	.fileno = io_fileno,
+	.preadv = io_preadv,
 };
 
 static ByokIoShared *io_shared = NULL;
@@ -786,6 +788,27 @@ io_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t offset)
 	for (int i = 0; i < iovcnt; i++)
 	{
 		ssize_t		n = io_pwrite(fd, iov[i].iov_base, iov[i].iov_len, offset + total);
+
+		if (n < 0)
+			return total > 0 ? total : -1;
+		total += n;
+		if ((size_t) n < iov[i].iov_len)
+			break;
+	}
+	return total;
+}
+
+/* 17 and 18 read through preadv (FileReadV); one io_pread per vector. */
+static ssize_t
+io_preadv(int fd, const struct iovec *iov, int iovcnt, off_t offset)
+{
+	ssize_t		total = 0;
+
+	if (class_of(fd) == IO_NONE)
+		return orig()->preadv(fd, iov, iovcnt, offset);
+	for (int i = 0; i < iovcnt; i++)
+	{
+		ssize_t		n = io_pread(fd, iov[i].iov_base, iov[i].iov_len, offset + total);
 
 		if (n < 0)
 			return total > 0 ? total : -1;

@@ -1,32 +1,38 @@
 /*-------------------------------------------------------------------------
  *
  * hooks.c
- *	  Binary-level redirection of the storage manager on an unpatched
- *	  PostgreSQL 15 -- the only unusual code in byok, and all of it.
+ *	  Binary-level redirection of the storage manager and of the file I/O
+ *	  calls on an unpatched PostgreSQL 15, 17 or 18 -- the only unusual
+ *	  code in byok, all of it, and every difference between those versions
+ *	  that is not a mere rename (pgcompat.h has those).
  *
- * PostgreSQL 15 has no storage-manager hook.  Every relation read, write
+ * PostgreSQL has no storage-manager hook.  Every relation read, write
  * and extend goes through the storage-manager switch smgrsw[] in smgr.c:
- * a static const array with one f_smgr entry (md.c's), i.e. fifteen
- * function pointers that the dynamic linker relocates into the
- * executable's RELRO segment and then makes read-only.  We find that entry
- * by matching all fifteen pointers against md.c's exported functions, make
- * its page writable, point smgr_read / smgr_write / smgr_extend at byok's
- * wrappers, make the page read-only again, and read the slots back.  This
- * runs in the postmaster at preload time, before any child is forked, so
- * every process inherits the redirection.
+ * a static const array with one f_smgr entry (md.c's), i.e. fifteen (15),
+ * seventeen (17) or twenty (18) function pointers that the dynamic linker
+ * relocates into the executable's RELRO segment and then makes read-only.
+ * We find that entry by matching all of its pointers against md.c's
+ * exported functions in the order of this version's f_smgr (the
+ * per-version tables below), make its page writable, point the read,
+ * write and extend slots at byok's adaptors, make the page read-only
+ * again, and read the slots back.  The adaptors have md.c's signatures of
+ * that version and call smgr.c's page functions, which are the same on
+ * every version.  This runs in the postmaster at preload time, before any
+ * child is forked, so every process inherits the redirection.
  *
  * The same module redirects the GOT slots for the C library's file calls
- * (open / close / pread / pwrite / pwritev / read / write / ftruncate /
- * fopen / fileno) of the executable and of preloaded modules, which is how
- * WAL segments, temporary files and the other files fileio.c classifies
- * are read and written (see the second half of this file and fileio.c).
+ * (open / close / pread / preadv / pwrite / pwritev / read / write /
+ * ftruncate / fopen / fileno) of the executable and of preloaded modules,
+ * which is how WAL segments, temporary files and the other files fileio.c
+ * classifies are read and written (see the second half of this file and
+ * fileio.c).
  *
- * Every assumption is checked: the executable's RELRO segment must be
- * found, the md entry must match exactly once with all fifteen pointers,
- * and the slots must read back as written.  Any mismatch is returned as an
- * error and the server refuses to start: byok never runs with its hooks
- * missing.  If a future server grows an smgr registration API, only this
- * file changes.
+ * Every assumption is checked: the server must be the exact version byok
+ * was built against, the executable's RELRO segment must be found, the md
+ * entry must match exactly once with all of its pointers, and the slots
+ * must read back as written.  Any mismatch is returned as an error and the
+ * server refuses to start: byok never runs with its hooks missing.  If a
+ * future server grows an smgr registration API, only this file changes.
  *
  *-------------------------------------------------------------------------
  */
@@ -40,18 +46,68 @@
 
 #include "miscadmin.h"
 #include "storage/md.h"
+#include "utils/guc.h"
+#if PG_VERSION_NUM >= 180000
+#include "storage/aio.h"
+#endif
 
 #include "byok.h"
 
+/* --- the storage-manager switch, per PostgreSQL version ------------------- */
+
 /*
- * The f_smgr struct of PostgreSQL 15 (storage/smgr/smgr.c), as the fifteen
- * pointers it is, in field order.  Only the three slots we replace are
- * named.
+ * md.c's functions are weak references: each major has some the others do
+ * not (15's mdread / mdwrite, 17's mdreadv / mdwritev, 18's mdstartreadv),
+ * and the dynamic linker would refuse a byok.so of another major for an
+ * undefined symbol before PostgreSQL's PG_MODULE_MAGIC check could refuse
+ * it with both versions named.  On the right server every one resolves;
+ * a missing one would fail the md entry match below.
  */
-#define SMGR_NSLOTS			15
-#define SMGR_SLOT_EXTEND	7
-#define SMGR_SLOT_READ		9
-#define SMGR_SLOT_WRITE		10
+#pragma weak mdinit
+#pragma weak mdopen
+#pragma weak mdclose
+#pragma weak mdcreate
+#pragma weak mdexists
+#pragma weak mdunlink
+#pragma weak mdextend
+#pragma weak mdprefetch
+#pragma weak mdwriteback
+#pragma weak mdnblocks
+#pragma weak mdtruncate
+#pragma weak mdimmedsync
+#if PG_VERSION_NUM >= 170000
+#pragma weak mdzeroextend
+#pragma weak mdreadv
+#pragma weak mdwritev
+#pragma weak mdregistersync
+#else
+#pragma weak mdread
+#pragma weak mdwrite
+#endif
+#if PG_VERSION_NUM >= 180000
+#pragma weak mdmaxcombine
+#pragma weak mdstartreadv
+#pragma weak mdfd
+#pragma weak aio_md_readv_cb
+#pragma weak pgaio_io_get_target_data
+#pragma weak pgaio_io_get_iovec
+#endif
+
+
+/*
+ * smgr.c's page functions (encrypt one page into a private buffer, decrypt
+ * one page in place), the same on every version; the adaptors below turn
+ * md.c's calls of each version into calls of these.
+ */
+static const ByokSmgrFuncs *page_funcs = NULL;
+
+/* One slot of the md entry that byok redirects. */
+typedef struct SmgrRedirect
+{
+	int			slot;			/* index in the md entry */
+	void	   *adaptor;		/* byok's function with md.c's signature */
+	void	  **original;		/* where md.c's own function is kept */
+} SmgrRedirect;
 
 /* The executable's RELRO segment, as found by dl_iterate_phdr. */
 typedef struct RelroSegment
@@ -61,9 +117,337 @@ typedef struct RelroSegment
 	bool		found;
 } RelroSegment;
 
-/* The originals, for the wrappers to call. */
-static ByokSmgrFuncs smgr_originals;
 static bool smgr_installed = false;
+
+static bool protect_range(void *addr, size_t len, int prot);
+
+#if PG_VERSION_NUM >= 180000
+
+/*
+ * PostgreSQL 18: f_smgr has twenty pointers (smgr.c): 17's seventeen plus
+ * smgr_maxcombine after smgr_prefetch, smgr_startreadv after smgr_readv
+ * and smgr_fd at the end.  Buffer-cache misses no longer call mdreadv:
+ * they start asynchronous reads (mdstartreadv) that an I/O worker, the
+ * kernel (io_uring) or the backend itself (io_method = sync) performs, and
+ * whose completion callbacks run in whichever process reaps the I/O,
+ * inside a critical section.  md.c's callback (aio_md_readv_cb, a const
+ * struct in RELRO like the md entry) runs before the buffer manager's,
+ * which verifies the page: byok points its complete_shared at
+ * byok_md_readv_complete, which calls md.c's and then decrypts, in place,
+ * the blocks the I/O read -- no error, no allocation, no KMS call there;
+ * without keys the I/O fails with EIO instead.  mdstartreadv itself is not
+ * redirected: the pages are not there yet when it returns.
+ */
+#define SMGR_NSLOTS			20
+#define SMGR_SLOT_EXTEND	7
+#define SMGR_SLOT_READV		11
+#define SMGR_SLOT_WRITEV	13
+#define SMGR_AIO_READS		1
+
+static void
+expected_md_entry(void *slots[SMGR_NSLOTS])
+{
+	slots[0] = (void *) mdinit;
+	slots[1] = NULL;			/* smgr_shutdown */
+	slots[2] = (void *) mdopen;
+	slots[3] = (void *) mdclose;
+	slots[4] = (void *) mdcreate;
+	slots[5] = (void *) mdexists;
+	slots[6] = (void *) mdunlink;
+	slots[SMGR_SLOT_EXTEND] = (void *) mdextend;
+	slots[8] = (void *) mdzeroextend;
+	slots[9] = (void *) mdprefetch;
+	slots[10] = (void *) mdmaxcombine;
+	slots[SMGR_SLOT_READV] = (void *) mdreadv;
+	slots[12] = (void *) mdstartreadv;
+	slots[SMGR_SLOT_WRITEV] = (void *) mdwritev;
+	slots[14] = (void *) mdwriteback;
+	slots[15] = (void *) mdnblocks;
+	slots[16] = (void *) mdtruncate;
+	slots[17] = (void *) mdimmedsync;
+	slots[18] = (void *) mdregistersync;
+	slots[19] = (void *) mdfd;
+}
+
+#endif							/* PG_VERSION_NUM >= 180000 */
+
+#if PG_VERSION_NUM >= 170000 && PG_VERSION_NUM < 180000
+
+/*
+ * PostgreSQL 17: f_smgr has seventeen pointers (smgr.c): 15's fifteen with
+ * smgr_zeroextend after smgr_extend, smgr_read / smgr_write become
+ * smgr_readv / smgr_writev, and smgr_registersync at the end.
+ */
+#define SMGR_NSLOTS			17
+#define SMGR_SLOT_EXTEND	7
+#define SMGR_SLOT_READV		10
+#define SMGR_SLOT_WRITEV	11
+
+static void
+expected_md_entry(void *slots[SMGR_NSLOTS])
+{
+	slots[0] = (void *) mdinit;
+	slots[1] = NULL;			/* smgr_shutdown */
+	slots[2] = (void *) mdopen;
+	slots[3] = (void *) mdclose;
+	slots[4] = (void *) mdcreate;
+	slots[5] = (void *) mdexists;
+	slots[6] = (void *) mdunlink;
+	slots[SMGR_SLOT_EXTEND] = (void *) mdextend;
+	slots[8] = (void *) mdzeroextend;
+	slots[9] = (void *) mdprefetch;
+	slots[SMGR_SLOT_READV] = (void *) mdreadv;
+	slots[SMGR_SLOT_WRITEV] = (void *) mdwritev;
+	slots[12] = (void *) mdwriteback;
+	slots[13] = (void *) mdnblocks;
+	slots[14] = (void *) mdtruncate;
+	slots[15] = (void *) mdimmedsync;
+	slots[16] = (void *) mdregistersync;
+}
+
+#endif							/* PG_VERSION_NUM 17 */
+
+#if PG_VERSION_NUM >= 170000
+
+/*
+ * PostgreSQL 17 and 18: vectored reads and writes (mdreadv / mdwritev,
+ * one buffer per block), const buffers on the write side, and mdextend
+ * for one new page.  mdzeroextend writes zero pages, which stay zero on
+ * disk (format 2 leaves all-zero pages alone), so it is not redirected;
+ * bulk_write.c ends in smgrextend / smgrwrite like everything else.
+ */
+typedef void (*MdReadvFn) (SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+						   void **buffers, BlockNumber nblocks);
+typedef void (*MdWritevFn) (SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+							const void **buffers, BlockNumber nblocks, bool skipFsync);
+typedef void (*MdExtendFn) (SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+							const void *buffer, bool skipFsync);
+
+StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdreadv), MdReadvFn),
+				 "mdreadv signature changed");
+StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdwritev), MdWritevFn),
+				 "mdwritev signature changed");
+StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdextend), MdExtendFn),
+				 "mdextend signature changed");
+
+static MdReadvFn orig_readv;
+static MdWritevFn orig_writev;
+static MdExtendFn orig_extend;
+
+/* Read, then decrypt each block in its own buffer. */
+static void
+byok_mdreadv(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			 void **buffers, BlockNumber nblocks)
+{
+	orig_readv(reln, forknum, blocknum, buffers, nblocks);
+	for (BlockNumber i = 0; i < nblocks; i++)
+		page_funcs->decrypt(reln, forknum, blocknum + i, buffers[i]);
+}
+
+/* Encrypt up to BYOK_SMGR_BATCH blocks into private buffers per md.c call. */
+static void
+byok_mdwritev(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			  const void **buffers, BlockNumber nblocks, bool skipFsync)
+{
+	while (nblocks > 0)
+	{
+		const void *enc[BYOK_SMGR_BATCH];
+		BlockNumber n = Min(nblocks, (BlockNumber) BYOK_SMGR_BATCH);
+
+		for (BlockNumber i = 0; i < n; i++)
+			enc[i] = page_funcs->encrypt(reln, forknum, blocknum + i, buffers[i], (int) i);
+		orig_writev(reln, forknum, blocknum, enc, n, skipFsync);
+		blocknum += n;
+		buffers += n;
+		nblocks -= n;
+	}
+}
+
+static void
+byok_mdextend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			  const void *buffer, bool skipFsync)
+{
+	orig_extend(reln, forknum, blocknum,
+				page_funcs->encrypt(reln, forknum, blocknum, buffer, 0), skipFsync);
+}
+
+static const SmgrRedirect smgr_redirects[] = {
+	{SMGR_SLOT_EXTEND, (void *) byok_mdextend, (void **) &orig_extend},
+	{SMGR_SLOT_READV, (void *) byok_mdreadv, (void **) &orig_readv},
+	{SMGR_SLOT_WRITEV, (void *) byok_mdwritev, (void **) &orig_writev},
+};
+
+#endif							/* PG_VERSION_NUM >= 170000 */
+
+#ifdef SMGR_AIO_READS
+
+static PgAioHandleCallbackComplete orig_md_readv_complete;
+
+/*
+ * md.c's completion of an asynchronous read, then decryption of every
+ * block it read.  Runs in a critical section in any process: nothing here
+ * may raise an error or allocate.
+ */
+static PgAioResult
+byok_md_readv_complete(PgAioHandle *ioh, PgAioResult prior_result, uint8 cb_data)
+{
+	PgAioResult result = orig_md_readv_complete(ioh, prior_result, cb_data);
+	PgAioTargetData *td;
+	struct iovec *iov;
+	int			iovcnt;
+	ByokPageId	id;
+	int			done = 0;
+
+	if (result.status == PGAIO_RS_ERROR || result.result <= 0)
+		return result;
+	if (!byok_crypto_ready())
+	{
+		/* no keys (locked): the pages are not handed on, in clear or not */
+		result.status = PGAIO_RS_ERROR;
+		result.id = PGAIO_HCB_MD_READV;
+		result.error_data = EIO;
+		result.result = 0;
+		return result;
+	}
+	td = pgaio_io_get_target_data(ioh);
+	id.relnumber = td->smgr.rlocator.relNumber;
+	id.forknum = (int) td->smgr.forkNum;
+	id.temp = td->smgr.is_temp;
+	iovcnt = pgaio_io_get_iovec(ioh, &iov);
+	for (int i = 0; i < iovcnt && done < result.result; i++)
+	{
+		for (size_t off = 0; off + BLCKSZ <= iov[i].iov_len && done < result.result; off += BLCKSZ)
+		{
+			id.blkno = td->smgr.blockNum + (BlockNumber) done;
+			page_funcs->decrypt_id(&id, (char *) iov[i].iov_base + off);
+			done++;
+		}
+	}
+	return result;
+}
+
+/*
+ * Point aio_md_readv_cb.complete_shared at byok_md_readv_complete.  The
+ * struct must lie in the executable's RELRO segment, hold a completion
+ * function, and be referenced exactly once there (by the AIO callback
+ * table, aio_callback.c): otherwise the server's reads do not go where
+ * byok expects, and it refuses to start.
+ */
+static bool
+install_aio_reads(const RelroSegment *seg, ByokError *err)
+{
+	PgAioHandleCallbacks *cb = unconstify(PgAioHandleCallbacks *, &aio_md_readv_cb);
+	uintptr_t	at = (uintptr_t) cb;
+	int			refs = 0;
+	char		detail[256];
+
+	if (at < seg->start || at + sizeof(*cb) > seg->start + seg->len ||
+		cb->complete_shared == NULL)
+	{
+		byok_error_set(err, "md.c's AIO read callbacks (aio_md_readv_cb) are not where PostgreSQL 18 keeps them.",
+					   "This server build does not match what byok was built for; "
+					   "rebuild byok against the installed server (make clean install).",
+					   "could not install the byok storage hooks");
+		return false;
+	}
+	for (uintptr_t p = TYPEALIGN(sizeof(void *), seg->start);
+		 p + sizeof(void *) <= seg->start + seg->len; p += sizeof(void *))
+		if (*(const uintptr_t *) p == at)
+			refs++;
+	if (refs != 1)
+	{
+		snprintf(detail, sizeof(detail),
+				 "md.c's AIO read callbacks (aio_md_readv_cb) are referenced %d times in the "
+				 "executable's RELRO segment; exactly 1 (the AIO callback table) was expected.", refs);
+		byok_error_set(err, detail,
+					   "This server build does not match what byok was built for; "
+					   "rebuild byok against the installed server (make clean install).",
+					   "could not install the byok storage hooks");
+		return false;
+	}
+	orig_md_readv_complete = cb->complete_shared;
+	if (!protect_range(cb, sizeof(*cb), PROT_READ | PROT_WRITE))
+	{
+		byok_error_set(err, NULL, NULL, "could not make md.c's AIO callbacks writable: %m");
+		return false;
+	}
+	cb->complete_shared = byok_md_readv_complete;
+	if (!protect_range(cb, sizeof(*cb), PROT_READ))
+	{
+		byok_error_set(err, NULL, NULL, "could not make md.c's AIO callbacks read-only again: %m");
+		return false;
+	}
+	if (cb->complete_shared != byok_md_readv_complete)
+	{
+		byok_error_set(err, "md.c's AIO read completion callback did not read back as written.", NULL,
+					   "could not install the byok storage hooks");
+		return false;
+	}
+	return true;
+}
+
+#endif							/* SMGR_AIO_READS */
+
+
+#if PG_VERSION_NUM < 170000
+
+/*
+ * PostgreSQL 15: f_smgr has fifteen pointers (smgr.c), one page per call
+ * (mdread / mdwrite / mdextend, char * buffers).
+ */
+#define SMGR_NSLOTS			15
+#define SMGR_SLOT_EXTEND	7
+#define SMGR_SLOT_READ		9
+#define SMGR_SLOT_WRITE		10
+
+typedef void (*MdReadFn) (SMgrRelation reln, ForkNumber forknum,
+						  BlockNumber blocknum, char *buffer);
+typedef void (*MdWriteFn) (SMgrRelation reln, ForkNumber forknum,
+						   BlockNumber blocknum, char *buffer, bool skipFsync);
+
+StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdread), MdReadFn),
+				 "mdread signature changed");
+StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdwrite), MdWriteFn),
+				 "mdwrite signature changed");
+StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdextend), MdWriteFn),
+				 "mdextend signature changed");
+
+static MdReadFn orig_read;
+static MdWriteFn orig_write;
+static MdWriteFn orig_extend;
+
+static void
+byok_mdread(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			char *buffer)
+{
+	orig_read(reln, forknum, blocknum, buffer);
+	page_funcs->decrypt(reln, forknum, blocknum, buffer);
+}
+
+static void
+byok_mdwrite(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			 char *buffer, bool skipFsync)
+{
+	/* md.c does not write through its buffer argument: the cast is safe */
+	orig_write(reln, forknum, blocknum,
+			   unconstify(void *, page_funcs->encrypt(reln, forknum, blocknum, buffer, 0)),
+			   skipFsync);
+}
+
+static void
+byok_mdextend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
+			  char *buffer, bool skipFsync)
+{
+	orig_extend(reln, forknum, blocknum,
+				unconstify(void *, page_funcs->encrypt(reln, forknum, blocknum, buffer, 0)),
+				skipFsync);
+}
+
+static const SmgrRedirect smgr_redirects[] = {
+	{SMGR_SLOT_EXTEND, (void *) byok_mdextend, (void **) &orig_extend},
+	{SMGR_SLOT_READ, (void *) byok_mdread, (void **) &orig_read},
+	{SMGR_SLOT_WRITE, (void *) byok_mdwrite, (void **) &orig_write},
+};
 
 /* The md entry as PostgreSQL 15 initialises it (smgr.c). */
 static void
@@ -84,10 +468,50 @@ expected_md_entry(void *slots[SMGR_NSLOTS])
 	slots[12] = (void *) mdnblocks;
 	slots[13] = (void *) mdtruncate;
 	slots[14] = (void *) mdimmedsync;
+}
 
-	/* test-only: simulate a server whose switch does not match */
-	if (BYOK_TEST_SWITCH("BYOK_TEST_BREAK_HOOKS"))
-		slots[14] = (void *) mdinit;
+#endif							/* PG_VERSION_NUM < 170000 */
+
+/*
+ * The server must be the very release byok was compiled against.
+ * PG_MODULE_MAGIC already refuses another major version; a minor release
+ * can change md.c's signatures or the layout of what hooks.c patches
+ * (15.x changed mdtruncate), so another minor is refused here, before any
+ * key is unwrapped.
+ */
+bool
+byok_hooks_check_server_version(ByokError *err)
+{
+	const char *running = GetConfigOption("server_version_num", false, false);
+	const char *running_name = GetConfigOption("server_version", false, false);
+	long		server_num = running ? strtol(running, NULL, 10) : 0;
+	long		built_num = PG_VERSION_NUM;
+	char		detail[256];
+
+	/* test-only: pretend byok was built for another release */
+	if (BYOK_TEST_SWITCH("BYOK_TEST_BUILT_FOR_VERSION_NUM"))
+		built_num = strtol(getenv("BYOK_TEST_BUILT_FOR_VERSION_NUM"), NULL, 10);
+	if (server_num == built_num)
+		return true;
+	snprintf(detail, sizeof(detail),
+			 "This byok was built for PostgreSQL %ld.%ld; the server is PostgreSQL %ld.%ld (%s).",
+			 built_num / 10000, built_num % 100, server_num / 10000, server_num % 100,
+			 running_name ? running_name : "version unknown");
+	byok_error_set(err, detail,
+				   "Rebuild and reinstall byok against the installed server (make clean install) "
+				   "after every PostgreSQL update, minor releases included.",
+				   "byok was built for another PostgreSQL release");
+	return false;
+}
+
+/* The redirected slot whose index is 'slot', or NULL. */
+static const SmgrRedirect *
+smgr_redirect_of(int slot)
+{
+	for (int r = 0; r < (int) lengthof(smgr_redirects); r++)
+		if (smgr_redirects[r].slot == slot)
+			return &smgr_redirects[r];
+	return NULL;
 }
 
 /* The first object dl_iterate_phdr reports is the executable itself. */
@@ -122,7 +546,7 @@ protect_range(void *addr, size_t len, int prot)
 }
 
 bool
-byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err)
+byok_hooks_install_smgr(const ByokSmgrFuncs *funcs, ByokError *err)
 {
 	RelroSegment seg = {0};
 	void	   *expected[SMGR_NSLOTS];
@@ -137,13 +561,16 @@ byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err)
 	if (!seg.found)
 	{
 		byok_error_set(err, "The postgres executable has no PT_GNU_RELRO segment.",
-					   "byok needs the Debian/PGDG build of PostgreSQL 15.",
+					   "byok needs the Debian/PGDG build of PostgreSQL.",
 					   "could not install the byok storage hooks");
 		return false;
 	}
 
-	/* find the md entry: all fifteen pointers, exactly once */
+	/* find the md entry: every pointer of this version's f_smgr, exactly once */
 	expected_md_entry(expected);
+	/* test-only: simulate a server whose switch does not match */
+	if (BYOK_TEST_SWITCH("BYOK_TEST_BREAK_HOOKS"))
+		expected[SMGR_NSLOTS - 1] = (void *) mdinit;
 	for (uintptr_t p = TYPEALIGN(sizeof(void *), seg.start);
 		 p + sizeof(expected) <= seg.start + seg.len;
 		 p += sizeof(void *))
@@ -157,19 +584,18 @@ byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err)
 	if (matches != 1)
 	{
 		snprintf(detail, sizeof(detail),
-				 "The md.c entry of the storage-manager switch was found %d times "
-				 "in the executable's RELRO segment (%zu bytes); exactly 1 was expected.",
-				 matches, seg.len);
+				 "The md.c entry of the storage-manager switch was found %d times in the executable's "
+				 "RELRO segment (%zu bytes, PostgreSQL %d's layout of %d pointers); exactly 1 was expected.",
+				 matches, seg.len, PG_VERSION_NUM / 10000, SMGR_NSLOTS);
 		byok_error_set(err, detail,
 					   "This server build does not match what byok was built for; "
 					   "rebuild byok against the installed server (make clean install).",
 					   "could not install the byok storage hooks");
 		return false;
 	}
-
-	smgr_originals.read = (ByokMdReadFn) entry[SMGR_SLOT_READ];
-	smgr_originals.write = (ByokMdWriteFn) entry[SMGR_SLOT_WRITE];
-	smgr_originals.extend = (ByokMdExtendFn) entry[SMGR_SLOT_EXTEND];
+	page_funcs = funcs;
+	for (int r = 0; r < (int) lengthof(smgr_redirects); r++)
+		*smgr_redirects[r].original = entry[smgr_redirects[r].slot];
 
 	if (!protect_range(entry, sizeof(expected), PROT_READ | PROT_WRITE))
 	{
@@ -177,9 +603,8 @@ byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err)
 					   "could not make the storage-manager switch writable: %m");
 		return false;
 	}
-	entry[SMGR_SLOT_READ] = (void *) wrappers->read;
-	entry[SMGR_SLOT_WRITE] = (void *) wrappers->write;
-	entry[SMGR_SLOT_EXTEND] = (void *) wrappers->extend;
+	for (int r = 0; r < (int) lengthof(smgr_redirects); r++)
+		entry[smgr_redirects[r].slot] = smgr_redirects[r].adaptor;
 	if (!protect_range(entry, sizeof(expected), PROT_READ))
 	{
 		byok_error_set(err, NULL, NULL,
@@ -187,17 +612,12 @@ byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err)
 		return false;
 	}
 
-	/* read back: the three slots are ours, the other twelve untouched */
+	/* read back: the redirected slots are ours, every other one untouched */
 	for (int i = 0; i < SMGR_NSLOTS; i++)
 	{
-		void	   *want = expected[i];
+		const SmgrRedirect *r = smgr_redirect_of(i);
+		void	   *want = r ? r->adaptor : expected[i];
 
-		if (i == SMGR_SLOT_READ)
-			want = (void *) wrappers->read;
-		else if (i == SMGR_SLOT_WRITE)
-			want = (void *) wrappers->write;
-		else if (i == SMGR_SLOT_EXTEND)
-			want = (void *) wrappers->extend;
 		if (entry[i] != want)
 		{
 			snprintf(detail, sizeof(detail),
@@ -206,14 +626,12 @@ byok_hooks_install_smgr(const ByokSmgrFuncs *wrappers, ByokError *err)
 			return false;
 		}
 	}
+#ifdef SMGR_AIO_READS
+	if (!install_aio_reads(&seg, err))
+		return false;
+#endif
 	smgr_installed = true;
 	return true;
-}
-
-const ByokSmgrFuncs *
-byok_hooks_smgr_originals(void)
-{
-	return &smgr_originals;
 }
 
 bool
@@ -240,11 +658,25 @@ byok_hooks_installed(void)
  * ftruncate calls) get the same treatment once all of them are loaded;
  * in a module, a symbol it does not import is simply not there.
  */
-#define IO_NSLOTS 10
+#define IO_NSLOTS 11
 
 static const char *const io_names[IO_NSLOTS] = {
 	"open", "close", "pread", "pwrite", "pwritev",
-	"read", "write", "ftruncate", "fopen", "fileno"
+	"read", "write", "ftruncate", "fopen", "fileno", "preadv"
+};
+
+/*
+ * Which of them the executable of this version must import.  15 never
+ * calls preadv; 17 and 18 do (pg_preadv in FileReadV), and a classified
+ * file read through an unredirected preadv would come back as ciphertext.
+ */
+#if PG_VERSION_NUM >= 170000
+#define IO_PREADV_REQUIRED true
+#else
+#define IO_PREADV_REQUIRED false
+#endif
+static const bool io_required[IO_NSLOTS] = {
+	true, true, true, true, true, true, true, true, true, true, IO_PREADV_REQUIRED
 };
 
 /* One loaded object's dynamic section, as found by dl_iterate_phdr. */
@@ -401,6 +833,7 @@ byok_hooks_install_io(const ByokIoFuncs *wrappers, ByokError *err)
 	io_wrapper_slots[7] = (void *) wrappers->ftruncate;
 	io_wrapper_slots[8] = (void *) wrappers->fopen;
 	io_wrapper_slots[9] = (void *) wrappers->fileno;
+	io_wrapper_slots[10] = (void *) wrappers->preadv;
 
 	dl_iterate_phdr(find_dynamic_cb, &od);
 	if (!od.found)
@@ -418,6 +851,8 @@ byok_hooks_install_io(const ByokIoFuncs *wrappers, ByokError *err)
 		if (BYOK_TEST_SWITCH("BYOK_TEST_BREAK_HOOKS") && i == 0)
 			slots[i] = NULL;
 		libc[i] = dlsym(RTLD_DEFAULT, io_names[i]);
+		if (slots[i] == NULL && !io_required[i] && libc[i] != NULL)
+			continue;			/* not called by this version's executable */
 		if (slots[i] == NULL || libc[i] == NULL || *slots[i] != libc[i])
 		{
 			snprintf(detail, sizeof(detail),
@@ -441,6 +876,7 @@ byok_hooks_install_io(const ByokIoFuncs *wrappers, ByokError *err)
 	io_originals.ftruncate = (ByokFtruncateFn) libc[7];
 	io_originals.fopen = (ByokFopenFn) libc[8];
 	io_originals.fileno = (ByokFilenoFn) libc[9];
+	io_originals.preadv = (ByokPreadvFn) libc[10];
 
 	if (!patch_io_slots(&od, slots, err))
 		return false;

@@ -33,6 +33,7 @@
 #include "common/file_perm.h"
 
 #include "keyring.h"
+#include "pgcompat.h"
 
 #define KEYRING_MAX_SIZE	65536
 #define CHECKSUM_PREFIX		"checksum = sha256:"
@@ -720,7 +721,7 @@ local_wrap(const uint8_t root[BYOK_KEY_LEN], uint64_t sysid,
 		return false;
 	if ((size_t) pg_b64_enc_len(sizeof(blob)) + 1 > b64len)
 		return false;
-	n = pg_b64_encode((const char *) blob, sizeof(blob), b64out, (int) b64len - 1);
+	n = pg_b64_encode((const ByokB64Byte *) blob, sizeof(blob), b64out, (int) b64len - 1);
 	if (n < 0)
 		return false;
 	b64out[n] = '\0';
@@ -738,7 +739,7 @@ local_unwrap(const uint8_t root[BYOK_KEY_LEN], uint64_t sysid,
 	keyring_aad(sysid, aad, sizeof(aad));
 	if (pg_b64_dec_len(strlen(b64in)) > (int) sizeof(blob))
 		return false;
-	n = pg_b64_decode(b64in, (int) strlen(b64in), (char *) blob, sizeof(blob));
+	n = pg_b64_decode(b64in, (int) strlen(b64in), (ByokB64Byte *) blob, sizeof(blob));
 	if (n != BYOK_KEY_LEN + BYOK_GCM_IV_LEN + BYOK_GCM_TAG_LEN)
 		return false;
 	return byok_gcm_unwrap(root, (const uint8_t *) aad, strlen(aad), blob, n,

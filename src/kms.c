@@ -46,6 +46,7 @@
 #include "common/base64.h"
 
 #include "kms.h"
+#include "pgcompat.h"
 #include "secmem.h"
 
 #define IAM_DEFAULT_ENDPOINT	"https://iam.cloud.ibm.com"
@@ -1409,7 +1410,7 @@ kms_wrap(const ByokKmsConfig *cfg, uint64_t sysid,
 	KmsBuffer	body = {0};
 	bool		ok;
 
-	n = pg_b64_encode((const char *) material, BYOK_KEY_LEN, b64, sizeof(b64) - 1);
+	n = pg_b64_encode((const ByokB64Byte *) material, BYOK_KEY_LEN, b64, sizeof(b64) - 1);
 	b64[Max(n, 0)] = '\0';
 	json_object_object_add(req, "plaintext", json_object_new_string(b64));
 	byok_wipe(b64, sizeof(b64));
@@ -1460,7 +1461,7 @@ kms_unwrap(const ByokKmsConfig *cfg, uint64_t sysid, const char *ciphertext,
 		return protocol_error(res, "plaintext string of key material");
 	}
 	n = pg_b64_decode(json_object_get_string(v), json_object_get_string_len(v),
-					  (char *) raw, sizeof(raw));
+					  (ByokB64Byte *) raw, sizeof(raw));
 	byok_wipe((void *) json_object_get_string(v), json_object_get_string_len(v));
 	if (n != BYOK_KEY_LEN)
 	{

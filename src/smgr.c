@@ -1,8 +1,13 @@
 /*-------------------------------------------------------------------------
  *
  * smgr.c
- *	  The encrypting storage-manager wrappers: what md.c's read, write and
- *	  extend become once hooks.c has redirected them.
+ *	  What happens to a relation page on its way between the buffer
+ *	  manager and md.c once hooks.c has redirected md.c's read, write and
+ *	  extend: one page encrypted into a private buffer, or decrypted in
+ *	  place.  md.c's signatures differ between PostgreSQL versions (15's
+ *	  mdread / mdwrite, 17's vectored mdreadv / mdwritev); hooks.c's
+ *	  per-version adaptors turn each call into calls of the two functions
+ *	  here, which are the same on every version.
  *
  * Writes encrypt into a private buffer and hand that to md.c: the caller's
  * buffer may be a shared buffer that other backends read (and set hint
@@ -22,7 +27,6 @@
 #include "access/xlog.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
-#include "storage/md.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
@@ -51,25 +55,16 @@ typedef struct ByokSharedStats
 	ByokProcCounters procs[FLEXIBLE_ARRAY_MEMBER];
 } ByokSharedStats;
 
-static void byok_mdread(SMgrRelation reln, ForkNumber forknum,
-						BlockNumber blocknum, char *buffer);
-static void byok_mdwrite(SMgrRelation reln, ForkNumber forknum,
-						 BlockNumber blocknum, char *buffer, bool skipFsync);
-static void byok_mdextend(SMgrRelation reln, ForkNumber forknum,
-						  BlockNumber blocknum, char *buffer, bool skipFsync);
-
-/* The wrappers must have md.c's exact types. */
-StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdread), ByokMdReadFn),
-				 "mdread signature changed");
-StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdwrite), ByokMdWriteFn),
-				 "mdwrite signature changed");
-StaticAssertDecl(__builtin_types_compatible_p(__typeof__(&mdextend), ByokMdExtendFn),
-				 "mdextend signature changed");
+static const void *byok_smgr_encrypt(SMgrRelation reln, ForkNumber forknum,
+									 BlockNumber blkno, const void *page, int slot);
+static void byok_smgr_decrypt(SMgrRelation reln, ForkNumber forknum,
+							  BlockNumber blkno, void *page);
+static void byok_smgr_decrypt_id(const ByokPageId *id, void *page);
 
 static const ByokSmgrFuncs wrappers = {
-	.read = byok_mdread,
-	.write = byok_mdwrite,
-	.extend = byok_mdextend,
+	.encrypt = byok_smgr_encrypt,
+	.decrypt = byok_smgr_decrypt,
+	.decrypt_id = byok_smgr_decrypt_id,
 };
 
 /* Pointer to shared-memory counters. */
@@ -78,8 +73,11 @@ static ByokSharedStats *shared_stats = NULL;
 /* Whether the cluster has data checksums (fixed while the server runs). */
 static bool data_checksums = false;
 
-/* Per-process encryption buffer: never encrypt in the caller's buffer. */
-static PGAlignedBlock encrypt_buffer;
+/*
+ * Per-process encryption buffers, one per page of a vectored write (17's
+ * mdwritev): never encrypt in the caller's buffer.
+ */
+static PGAlignedBlock encrypt_buffers[BYOK_SMGR_BATCH];
 
 static bool fpw_warned = false;
 
@@ -149,7 +147,7 @@ void
 byok_smgr_page_id(SMgrRelation reln, ForkNumber forknum, BlockNumber blkno,
 				  ByokPageId *id)
 {
-	id->relnumber = reln->smgr_rnode.node.relNode;
+	id->relnumber = BYOK_SMGR_RELNUMBER(reln);
 	id->forknum = (int) forknum;
 	id->blkno = blkno;
 	id->temp = SmgrIsTemp(reln);
@@ -165,11 +163,13 @@ typedef enum PageCounter
 static inline void
 count(PageCounter which)
 {
+	int			procno = BYOK_MY_PROCNO();
+
 	if (shared_stats == NULL)
 		return;
-	if (MyProc != NULL && MyProc->pgprocno < shared_stats->nprocs)
+	if (procno >= 0 && procno < shared_stats->nprocs)
 	{
-		ByokProcCounters *c = &shared_stats->procs[MyProc->pgprocno];
+		ByokProcCounters *c = &shared_stats->procs[procno];
 
 		if (which == COUNT_ENCRYPTED)
 			c->pages_encrypted++;
@@ -184,13 +184,19 @@ count(PageCounter which)
 							&shared_stats->checksum_failures, 1);
 }
 
-/* Encrypt 'buffer' into the private buffer; returns the private buffer. */
-static char *
-encrypt_page(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-			 const char *buffer)
+/*
+ * Encrypt one page into private buffer 'slot' (0 .. BYOK_SMGR_BATCH - 1)
+ * and return that buffer for md.c to write.  hooks.c's md.c adaptors call
+ * this for every page md.c would write or extend with.
+ */
+static const void *
+byok_smgr_encrypt(SMgrRelation reln, ForkNumber forknum, BlockNumber blkno,
+				  const void *page, int slot)
 {
 	ByokPageId	id;
+	char	   *out;
 
+	Assert(slot >= 0 && slot < BYOK_SMGR_BATCH);
 	if (!fullPageWrites && !fpw_warned)
 	{
 		fpw_warned = true;
@@ -199,44 +205,39 @@ encrypt_page(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
 				 errdetail("A torn encrypted page cannot be repaired without full-page images in the WAL."),
 				 errhint("Set full_page_writes = on and reload the configuration.")));
 	}
-	byok_smgr_page_id(reln, forknum, blocknum, &id);
-	byok_page_encrypt(buffer, encrypt_buffer.data, &id, data_checksums);
+	out = encrypt_buffers[slot].data;
+	byok_smgr_page_id(reln, forknum, blkno, &id);
+	byok_page_encrypt(page, out, &id, data_checksums);
 	count(COUNT_ENCRYPTED);
-	return encrypt_buffer.data;
+	return out;
 }
 
+/*
+ * Decrypt, in place, one page md.c has just read, known by its page id.
+ * Also called from 18's AIO completion callbacks, inside a critical
+ * section: it neither raises an error nor allocates (the caller has
+ * checked that the keys are there).
+ */
 static void
-byok_mdwrite(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-			 char *buffer, bool skipFsync)
+byok_smgr_decrypt_id(const ByokPageId *id, void *page)
 {
-	char	   *enc = encrypt_page(reln, forknum, blocknum, buffer);
-
-	byok_hooks_smgr_originals()->write(reln, forknum, blocknum, enc, skipFsync);
-}
-
-static void
-byok_mdextend(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-			  char *buffer, bool skipFsync)
-{
-	char	   *enc = encrypt_page(reln, forknum, blocknum, buffer);
-
-	byok_hooks_smgr_originals()->extend(reln, forknum, blocknum, enc, skipFsync);
-}
-
-static void
-byok_mdread(SMgrRelation reln, ForkNumber forknum, BlockNumber blocknum,
-			char *buffer)
-{
-	ByokPageId	id;
 	ByokPageResult res;
 
-	byok_hooks_smgr_originals()->read(reln, forknum, blocknum, buffer);
-
-	byok_smgr_page_id(reln, forknum, blocknum, &id);
-	res = byok_page_decrypt(buffer, &id, data_checksums);
+	res = byok_page_decrypt(page, id, data_checksums);
 	if (res == BYOK_PAGE_ZERO)
 		return;
 	count(COUNT_DECRYPTED);
 	if (res == BYOK_PAGE_BAD_CHECKSUM)
 		count(COUNT_CHECKSUM_FAILURE);
+}
+
+/* Decrypt, in place, one page md.c has just read. */
+static void
+byok_smgr_decrypt(SMgrRelation reln, ForkNumber forknum, BlockNumber blkno,
+				  void *page)
+{
+	ByokPageId	id;
+
+	byok_smgr_page_id(reln, forknum, blkno, &id);
+	byok_smgr_decrypt_id(&id, page);
 }

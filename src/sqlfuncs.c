@@ -496,7 +496,7 @@ byok_relation_encrypted(PG_FUNCTION_ARGS)
 		PG_RETURN_NULL();
 	}
 	FlushRelationBuffers(rel);
-	path = relpathbackend(rel->rd_node, rel->rd_backend, MAIN_FORKNUM);
+	path = BYOK_REL_MAIN_PATH(rel);
 
 	/* scan segment by segment; a segment shorter than RELSEG_SIZE is the last */
 	for (int segno = 0; !found; segno++)
@@ -526,7 +526,7 @@ byok_relation_encrypted(PG_FUNCTION_ARGS)
 
 	if (found)
 	{
-		byok_smgr_page_id(RelationGetSmgr(rel), MAIN_FORKNUM, blkno, &id);
+		byok_smgr_page_id(smgropen(BYOK_REL_LOCATOR(rel), rel->rd_backend), MAIN_FORKNUM, blkno, &id);
 		memcpy(copy.data, raw.data, BLCKSZ);
 		encrypted = !byok_page_header_valid(raw.data) &&
 			byok_page_decrypt(copy.data, &id, byok_data_checksums()) == BYOK_PAGE_OK &&

@@ -373,7 +373,7 @@ sub crash_backend
 	# restart_after_crash is off in TAP clusters: the server shuts down
 	wait_for(60, sub { !-e $node->data_dir . '/postmaster.pid' });
 	$node->_update_pid(0);
-	like(slurp_file($node->logfile), qr/server process \(PID $victim\) was terminated by signal 11/,
+	like(slurp_file($node->logfile), qr/(?:server process|client backend) \(PID $victim\) was terminated by signal 11/,
 		"$label: backend $victim died of SIGSEGV");
 	return grep { basename($_) =~ /^core/ } glob($node->data_dir . '/core*');
 }

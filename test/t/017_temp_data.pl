@@ -203,10 +203,11 @@ sub start_holders
 		"BEGIN; INSERT INTO dec SELECT i, '$marker-dec-' || i || repeat('d', 100) FROM generate_series(1, 5000) i");
 
 	# a prepared transaction whose GID holds the marker, its state file
-	# written by a checkpoint; a utility statement for pg_stat_statements
+	# written by a checkpoint; a statement text for pg_stat_statements with
+	# the marker in an identifier (18 normalizes CALL arguments to $1)
 	$node->safe_psql('postgres',
 		"BEGIN; INSERT INTO prep VALUES (1, 'prepared row'); PREPARE TRANSACTION 'gid-$marker'");
-	$node->safe_psql('postgres', "CALL p('$marker-utility')");
+	$node->safe_psql('postgres', "CALL p('$marker-utility'); SELECT 1 AS \"$marker-utility\"");
 	$node->safe_psql('postgres', 'CHECKPOINT');
 
 	# wait: four sessions (or their workers) held, the spill file written
@@ -323,6 +324,7 @@ CREATE EXTENSION pg_stat_statements;
 CREATE TABLE pre_prep (v text);
 CREATE PROCEDURE p0(t text) LANGUAGE sql AS \$\$ SELECT 1 \$\$;
 CALL p0('$marker-pre');
+SELECT 1 AS "$marker-pre";
 BEGIN; INSERT INTO pre_prep VALUES ('before byok'); PREPARE TRANSACTION 'gid0-$marker';
 CHECKPOINT;
 });

@@ -101,6 +101,10 @@ sub workload
 my $marker = random_marker();
 note "marker: $marker";
 
+# 18's initdb turns data checksums on by default, and its asynchronous reads
+# report a bad page without the per-page checksum WARNING
+my ($pg_major) = `pg_config --version` =~ /^PostgreSQL (\d+)/;
+
 ###########################################################################
 # With data checksums
 ###########################################################################
@@ -183,12 +187,16 @@ my $ret = $node->psql(
 isnt($ret, 0, 'reading the damaged table fails');
 like(
 	$stderr,
-	qr/ERROR:\s+invalid page in block 0 of relation \Q$relpath\E/,
+	qr/ERROR:\s+invalid page in block 0 of relation "?\Q$relpath\E"?/,
 	'the server reports "invalid page in block 0" of the table');
-ok( $node->log_contains(
-		qr/WARNING:\s+page verification failed, calculated checksum \d+ but expected \d+/,
-		$log_offset),
-	"PostgreSQL's own checksum verification logged the failure");
+SKIP:
+{
+	skip "18 reports the page as invalid without a checksum WARNING", 1 if $pg_major >= 18;
+	ok( $node->log_contains(
+			qr/WARNING:\s+page verification failed, calculated checksum \d+ but expected \d+/,
+			$log_offset),
+		"PostgreSQL's own checksum verification logged the failure");
+}
 
 $backup = "$PostgreSQL::Test::Utils::tmp_check/backup_bad";
 ($rc, $out, $err) = run_cmd(
@@ -219,7 +227,10 @@ $node->stop;
 # Without data checksums
 ###########################################################################
 
-my $nock = new_encrypted_node('nocksum', conf => "autovacuum = off\n");
+my $nock = new_encrypted_node(
+	'nocksum',
+	conf => "autovacuum = off\n",
+	$pg_major >= 18 ? (extra => ['--no-data-checksums']) : ());
 $nock->start;
 is($nock->safe_psql('postgres', 'SHOW data_checksums'),
 	'off', 'second cluster has no data checksums');
