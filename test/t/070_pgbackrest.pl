@@ -276,8 +276,8 @@ $stock->poll_query_until('postgres', "SELECT last_archived_wal >= '$seg' FROM pg
 my ($stock_plain) = repo_plain('stock');
 ok(scalar(grep { m{/pg_data/base/} } scan_at_rest("$stock_plain/backup/stock", $marker)) > 0,
 	'control: a stock cluster\'s backup in the repository shows the marker');
-ok(scalar(scan_at_rest("$stock_plain/archive/stock", $marker)) > 0,
-	'control: a stock cluster\'s archived WAL shows the marker');
+my @stock_wal_hits = scan_at_rest("$stock_plain/archive/stock", $marker);
+ok(@stock_wal_hits > 0, 'control: a stock cluster\'s archived WAL shows the marker');
 
 # the header check is real: a segment of another cluster is refused
 {
@@ -297,16 +297,20 @@ $stock->stop;
 
 # --- the page-checksum check is real: a corrupted page of a byok cluster is reported ----
 # (an offline backup of the stopped PITR copy, first intact, then with one
-# flipped byte in block 1 of t)
+# flipped byte in block 1 of t; offline, pgBackRest checks pages only when
+# asked: --checksum-page)
 {
 	open(my $fh, '>>', $conf) or die;
 	print $fh "[copy]\npg1-path=" . $pitr->data_dir . "\n";
 	close $fh;
 	($rc, $out, $err) = pgbr('--stanza=copy', '--no-online', 'stanza-create');
 	is($rc, 0, 'copy: stanza-create --no-online') or diag("$out\n$err");
-	($rc, $out, $err) = pgbr('--stanza=copy', '--no-online', '--type=full', 'backup');
+	($rc, $out, $err) = pgbr('--stanza=copy', '--no-online', '--checksum-page', '--type=full', 'backup');
 	is($rc, 0, 'copy: offline backup of the intact byok copy') or diag("$out\n$err");
 	unlike("$out$err", qr/invalid page checksum/, 'intact copy: every page passes pgBackRest\'s checksum check');
+	my $manifest = slurp_file("$repo/backup/copy/latest/backup.manifest");
+	my $checked = () = $manifest =~ /"checksum-page":true/g;
+	cmp_ok($checked, '>', 0, "intact copy: page checksums verified in $checked files");
 
 	my $file = $pitr->data_dir . "/$relpath";
 	open(my $rf, '+<:raw', $file) or die "$file: $!";
@@ -316,7 +320,7 @@ $stock->stop;
 	syswrite($rf, chr(ord($b) ^ 0x55));
 	close $rf;
 	sleep 1;    # backup labels are by the second
-	($rc, $out, $err) = pgbr('--stanza=copy', '--no-online', '--type=full', 'backup');
+	($rc, $out, $err) = pgbr('--stanza=copy', '--no-online', '--checksum-page', '--type=full', 'backup');
 	like("$out$err", qr/WARN: invalid page checksum found in file \Q$file\E at page 1\b/,
 		'corrupted copy: pgBackRest reports the corrupted page');
 }
