@@ -87,6 +87,15 @@ is($restored->safe_psql('postgres', "SELECT count(*) FROM t WHERE batch = 'after
 $restored->stop;
 $primary->stop;
 
+# pg_byok verify on both, after a clean stop: every WAL page of the restored
+# cluster's new timeline (the first segment of which PostgreSQL made by
+# copying the old timeline's segment up to the switch point) decrypts
+($rc, $out, $err) = pg_byok('verify', '-D', $restored->data_dir);
+is($rc, 0, 'pg_byok verify: restored cluster after PITR and promotion is clean')
+  or diag($out . $err);
+($rc, $out, $err) = pg_byok('verify', '-D', $primary->data_dir);
+is($rc, 0, 'pg_byok verify: primary is clean') or diag($out . $err);
+
 # at rest: the archive, the base backup and both data directories
 is_deeply([ scan_at_rest($primary->archive_dir, $marker) ], [], 'archive: no marker in any archived segment');
 is_deeply([ scan_at_rest($primary->backup_dir . '/base', $marker) ], [], 'base backup: no marker');
