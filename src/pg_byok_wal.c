@@ -154,6 +154,7 @@ verify_wal_segments(const ControlFileData *cf)
 	int			nseg;
 	char	  **segs = list_wal_segments(&nseg);
 	uint64		wal_pages = 0;
+	uint64		stale_pages = 0;
 
 	for (int i = 0; i < nseg; i++)
 	{
@@ -194,9 +195,23 @@ verify_wal_segments(const ControlFileData *cf)
 					break;
 				default:
 					wal_pages++;
-					if (!byok_wal_page_plain_valid(page.data, cf->xlog_seg_size, off) ||
-						hdr->xlp_tli == 0 ||
-						(off == 0 && ((XLogLongPageHeader) hdr)->xlp_sysid != cf->system_identifier))
+					if (!byok_wal_page_plain_valid(page.data, 0, 0) || hdr->xlp_tli == 0)
+						problem = "WAL page does not decrypt to a valid page header";
+					else if (!byok_wal_page_plain_valid(page.data, cf->xlog_seg_size, off))
+					{
+						/*
+						 * A whole page under this cluster's key, but it names
+						 * another place: a stale copy beyond the end of the WAL,
+						 * which PostgreSQL reads as the end ("unexpected
+						 * pageaddr").  XLogFileCopy leaves them when a new
+						 * timeline starts inside a segment: it writes the last
+						 * partly copied page of the old timeline again into
+						 * every later page of the new segment.
+						 */
+						stale_pages++;
+					}
+					else if (off == 0 &&
+							 ((XLogLongPageHeader) hdr)->xlp_sysid != cf->system_identifier)
 						problem = "WAL page does not decrypt to a valid page header";
 					break;
 			}
@@ -212,6 +227,9 @@ verify_wal_segments(const ControlFileData *cf)
 	}
 	printf("%s: verified %d WAL segments, %llu WAL pages\n", progname, nseg,
 		   (unsigned long long) wal_pages);
+	if (stale_pages > 0)
+		printf("%s: %llu of them are stale copies of other pages beyond the end of the WAL (left by PostgreSQL when a timeline starts inside a segment; encrypted, never read)\n",
+			   progname, (unsigned long long) stale_pages);
 	return bad_files;
 }
 

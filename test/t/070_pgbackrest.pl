@@ -203,6 +203,13 @@ like(slurp_file($pitr->logfile), qr/restored log file "[0-9A-F]{24}" from archiv
 	'PITR: WAL came through archive-get');
 my $relpath = $pitr->safe_psql('postgres', "SELECT pg_relation_filepath('t')");
 $pitr->stop;
+# pg_byok verify on the promoted copy: the new timeline's first segment was
+# made by PostgreSQL's XLogFileCopy, which leaves stale copies of the old
+# timeline's last page beyond the end of the WAL (encrypted, never read)
+{
+	my ($vrc, $vout, $verr) = pg_byok('verify', '-D', $pitr->data_dir);
+	is($vrc, 0, 'PITR: pg_byok verify is clean after promotion') or diag($vout . $verr);
+}
 
 # --- restore as a standby: replays from the archive, then streams -----------------------
 my $standby = restore_node('br_standby', '--type=standby',
