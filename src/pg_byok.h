@@ -19,6 +19,7 @@
 #define PG_BYOK_H
 
 #include "catalog/pg_control.h"
+#include "pgcompat.h"
 
 #include "crypto.h"
 #include "keyring.h"
@@ -66,7 +67,7 @@ extern bool show_progress;
 extern RecryptMode recrypt_mode;
 
 /* --- helpers (pg_byok.c) --- */
-extern void report_error_and_exit(const ByokError *err) pg_attribute_noreturn();
+pg_noreturn extern void report_error_and_exit(const ByokError *err);
 extern double now_seconds(void);
 extern void progress(uint64 done, uint64 total, double start, bool final);
 extern ControlFileData *read_control_file(void);

@@ -32,6 +32,14 @@ typedef uint8 ByokB64Byte;
 typedef char ByokB64Byte;
 #endif
 
+/*
+ * c.h: 18 replaced the suffix pg_attribute_noreturn() with the prefix
+ * pg_noreturn (C11 _Noreturn).  Before 18, the attribute as a prefix.
+ */
+#ifndef pg_noreturn
+#define pg_noreturn pg_attribute_noreturn()
+#endif
+
 #ifndef FRONTEND
 
 /*
