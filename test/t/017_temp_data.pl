@@ -204,10 +204,15 @@ sub start_holders
 
 	# a prepared transaction whose GID holds the marker, its state file
 	# written by a checkpoint; a statement text for pg_stat_statements with
-	# the marker in an identifier (18 normalizes CALL arguments to $1)
+	# the marker in a table's name.  Not in a constant or a column alias:
+	# since 16, pg_stat_statements replaces constants (CALL arguments
+	# too) with $1 and leaves aliases out of the query id, so a
+	# "SELECT 1 AS ..." would only count under the text of the earlier
+	# "SELECT 1 AS \"$marker-pre\"".  A new table is a new query id.
 	$node->safe_psql('postgres',
 		"BEGIN; INSERT INTO prep VALUES (1, 'prepared row'); PREPARE TRANSACTION 'gid-$marker'");
-	$node->safe_psql('postgres', "CALL p('$marker-utility'); SELECT 1 AS \"$marker-utility\"");
+	$node->safe_psql('postgres',
+		"CALL p('$marker-utility'); CREATE TABLE \"$marker-utility\" (x int); SELECT count(*) FROM \"$marker-utility\"");
 	$node->safe_psql('postgres', 'CHECKPOINT');
 
 	# wait: four sessions (or their workers) held, the spill file written
