@@ -76,7 +76,7 @@ my $before = list_files();
 
 # CREATE INDEX in the background (a forked psql).
 my $build_sql =
-  "SET maintenance_work_mem = '64MB'; CREATE INDEX g_v_gist ON g USING gist (v)";
+  "SET maintenance_work_mem = '64MB'; CREATE INDEX g_v_gist ON g USING gist (v) WITH (buffering = on)";
 my $build_log = $PostgreSQL::Test::Utils::tmp_check . '/gist_build.out';
 my $pid = fork();
 die "fork: $!" unless defined $pid;
