@@ -160,6 +160,13 @@ byok_watchdog_main(Datum main_arg)
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	/*
+	 * The latch of our PGPROC can still be set from the process that had it
+	 * before (OwnLatch does not clear it); the first wait would then end at
+	 * once and poll right after start instead of one interval later.  Reset
+	 * while signals are still blocked, so that none of ours is lost.
+	 */
+	ResetLatch(MyLatch);
 	BackgroundWorkerUnblockSignals();
 	keystate_install_kms_interrupts();
 	/* what one poll allocates (messages, keyrings) is freed after it */
