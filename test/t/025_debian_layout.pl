@@ -5,7 +5,7 @@
 # made with initdb --allow-group-access:
 #
 # 1. A postgresql-common cluster (pg_createcluster, configuration in
-#    PG_CLUSTER_CONF_ROOT/15/NAME, data elsewhere): pg_byok enable -D DATA
+#    PG_CLUSTER_CONF_ROOT/MAJOR/NAME, data elsewhere): pg_byok enable -D DATA
 #    finds the configuration, puts the new root key beside it (not beside
 #    the data directory) and warns that key and data share a device;
 #    shared_preload_libraries in conf.d; pg_ctlcluster start, reload,
@@ -37,7 +37,9 @@ use ByokTest;
 
 my $marker = random_marker();
 note "marker: $marker";
-my $pgver = 15;
+# the major postgresql-common files the cluster under (15, 17, 18)
+my ($pgver) = `pg_config --version` =~ /^PostgreSQL (\d+)/
+  or die 'pg_config --version names no PostgreSQL major';
 
 my $base = PostgreSQL::Test::Utils::tempdir();
 my $etc  = "$base/etc";
