@@ -55,6 +55,15 @@
 #include "secmem.h"
 
 #define PAGE			BYOK_WAL_PAGE_SIZE
+
+/*
+ * The C library functions this library interposes (src/byok_fe.map lists
+ * them).  PGXS compiles shared libraries with -fvisibility=hidden from
+ * PostgreSQL 16 on, and a version script cannot export a hidden symbol:
+ * without this the tool would call the C library's own and read
+ * ciphertext.
+ */
+#define FE_INTERPOSE	__attribute__((visibility("default")))
 #define MAX_FDS			4096	/* WAL descriptors above this are refused */
 #define KEY_MAGIC		"BYOKFE1"	/* 8 bytes with the NUL, then the material */
 
@@ -420,7 +429,7 @@ fe_open(int dirfd, bool at, bool large, const char *path, int flags, mode_t mode
 		} \
 	} while (0)
 
-int
+FE_INTERPOSE int
 open(const char *path, int flags,...)
 {
 	mode_t		mode = 0;
@@ -429,7 +438,7 @@ open(const char *path, int flags,...)
 	return fe_open(AT_FDCWD, false, false, path, flags, mode);
 }
 
-int
+FE_INTERPOSE int
 open64(const char *path, int flags,...)
 {
 	mode_t		mode = 0;
@@ -438,7 +447,7 @@ open64(const char *path, int flags,...)
 	return fe_open(AT_FDCWD, false, true, path, flags, mode);
 }
 
-int
+FE_INTERPOSE int
 openat(int dirfd, const char *path, int flags,...)
 {
 	mode_t		mode = 0;
@@ -447,7 +456,7 @@ openat(int dirfd, const char *path, int flags,...)
 	return fe_open(dirfd, true, false, path, flags, mode);
 }
 
-int
+FE_INTERPOSE int
 openat64(int dirfd, const char *path, int flags,...)
 {
 	mode_t		mode = 0;
@@ -456,7 +465,7 @@ openat64(int dirfd, const char *path, int flags,...)
 	return fe_open(dirfd, true, true, path, flags, mode);
 }
 
-int
+FE_INTERPOSE int
 close(int fd)
 {
 	if (unlikely(real.close == NULL))
@@ -541,7 +550,7 @@ wal_pread(FeWalFd *w, int fd, void *buf, size_t count, off_t offset)
 	return (ssize_t) done;
 }
 
-ssize_t
+FE_INTERPOSE ssize_t
 pread(int fd, void *buf, size_t count, off_t offset)
 {
 	FeWalFd    *w = wal_fd(fd);
@@ -549,7 +558,7 @@ pread(int fd, void *buf, size_t count, off_t offset)
 	return w ? wal_pread(w, fd, buf, count, offset) : real.pread(fd, buf, count, offset);
 }
 
-ssize_t
+FE_INTERPOSE ssize_t
 pread64(int fd, void *buf, size_t count, off_t offset)
 {
 	FeWalFd    *w = wal_fd(fd);
@@ -557,7 +566,7 @@ pread64(int fd, void *buf, size_t count, off_t offset)
 	return w ? wal_pread(w, fd, buf, count, offset) : real.pread64(fd, buf, count, offset);
 }
 
-ssize_t
+FE_INTERPOSE ssize_t
 read(int fd, void *buf, size_t count)
 {
 	FeWalFd    *w = wal_fd(fd);
@@ -706,7 +715,7 @@ wal_pwrite(FeWalFd *w, int fd, const void *buf, size_t count, off_t offset)
 	return (ssize_t) count;
 }
 
-ssize_t
+FE_INTERPOSE ssize_t
 pwrite(int fd, const void *buf, size_t count, off_t offset)
 {
 	FeWalFd    *w = wal_fd(fd);
@@ -714,7 +723,7 @@ pwrite(int fd, const void *buf, size_t count, off_t offset)
 	return w ? wal_pwrite(w, fd, buf, count, offset) : real.pwrite(fd, buf, count, offset);
 }
 
-ssize_t
+FE_INTERPOSE ssize_t
 pwrite64(int fd, const void *buf, size_t count, off_t offset)
 {
 	FeWalFd    *w = wal_fd(fd);
@@ -764,7 +773,7 @@ twophase_write(FeWalFd *w, int fd, const void *buf, size_t count)
 	return n;
 }
 
-ssize_t
+FE_INTERPOSE ssize_t
 write(int fd, const void *buf, size_t count)
 {
 	FeWalFd    *w = wal_fd(fd);
@@ -784,7 +793,7 @@ write(int fd, const void *buf, size_t count)
 }
 
 /* Vector writes: no tool uses them on WAL; refused rather than passed in clear. */
-ssize_t
+FE_INTERPOSE ssize_t
 writev(int fd, const struct iovec *iov, int iovcnt)
 {
 	FeWalFd    *w = wal_fd(fd);
@@ -796,7 +805,7 @@ writev(int fd, const struct iovec *iov, int iovcnt)
 	return -1;
 }
 
-ssize_t
+FE_INTERPOSE ssize_t
 pwritev(int fd, const struct iovec *iov, int iovcnt, off_t offset)
 {
 	FeWalFd    *w = wal_fd(fd);
