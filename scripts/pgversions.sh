@@ -5,7 +5,7 @@
 #   17  Debian 13 (trixie)     postgresql-17, postgresql-server-dev-17
 #   18  Debian unstable (sid)  postgresql-18, postgresql-server-dev-18
 #
-#   bash scripts/pgversions.sh [--build-only] [MAJOR ...]    (default: 17 18)
+#   bash scripts/pgversions.sh [--build-only | --bench] [MAJOR ...]    (default: 17 18)
 #
 # As root.  For each major: makes or reuses the root (scripts/mkroot.sh,
 # under /var/cache/byok/roots, outside the checkout) with the packages of
@@ -14,6 +14,9 @@
 #   --build-only  make BYOK_TEST_HOOKS=1 and the release make, with
 #                 PG_CONFIG=/usr/lib/postgresql/MAJOR/bin/pg_config; a
 #                 failure or a compiler warning in our files fails;
+#   --bench       the release build installed there, then test/bench/run.sh
+#                 and test/bench/wal.sh (stock and byok of that major in the
+#                 same run; BENCH_* and --quick, as BENCH_QUICK=1, passed on);
 #   otherwise     scripts/test.sh (unit, emulator and the TAP files of
 #                 PROVE_TESTS), which inside the root builds, installs and
 #                 tests against that major, exactly as on the host for 15.
@@ -33,13 +36,15 @@ die() { echo "pgversions.sh: $*" >&2; exit 1; }
 [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap and chroot need it)"
 
 build_only=0
+bench=0
 majors=()
 for a in "$@"; do
 	case $a in
 	--build-only) build_only=1 ;;
+	--bench) bench=1 ;;
 	17 | 18) majors+=("$a") ;;
 	15) die "15 is the host's: run bash scripts/test.sh" ;;
-	*) die "usage: pgversions.sh [--build-only] [17|18 ...]" ;;
+	*) die "usage: pgversions.sh [--build-only | --bench] [17|18 ...]" ;;
 	esac
 done
 [[ ${#majors[@]} -gt 0 ]] || majors=(17 18)
@@ -79,6 +84,23 @@ inner_build='
 	[[ $rc -eq 0 ]] && echo "1 passed, 0 failed" || echo "0 passed, 1 failed"
 '
 
+# shellcheck disable=SC2016
+inner_bench='
+	set -uo pipefail
+	cd /build/byok
+	pgc=/usr/lib/postgresql/$1/bin/pg_config
+	make -s clean PG_CONFIG=$pgc >/dev/null 2>&1
+	make -s -j2 PG_CONFIG=$pgc >/build/make.log 2>&1 && make -s install PG_CONFIG=$pgc >>/build/make.log 2>&1 ||
+		{ cat /build/make.log; echo "0 passed, 1 failed"; exit 1; }
+	id byoktest >/dev/null 2>&1 || useradd -m byoktest
+	chown -R byoktest /build/byok
+	q=; [[ -n ${BENCH_QUICK:-} ]] && q=--quick
+	rc=0
+	PG_CONFIG=$pgc bash test/bench/run.sh $q || rc=1
+	PG_CONFIG=$pgc bash test/bench/wal.sh $q || rc=1
+	[[ $rc -eq 0 ]] && echo "1 passed, 0 failed" || echo "0 passed, 1 failed"
+'
+
 total_p=0
 total_f=0
 summary=()
@@ -111,7 +133,11 @@ for major in "${majors[@]}"; do
 	[[ -n ${host_lib:-} && -f $host_lib ]] && cp "$host_lib" "$root/build/other-major/"
 	chmod -R a+rX "$root/build"
 	log=$root/build/run.log
-	if [[ $build_only -eq 1 ]]; then
+	if [[ $bench -eq 1 ]]; then
+		envb=()
+		for v in $(compgen -v BENCH_); do envb+=("$v=${!v}"); done
+		bash "$repo/scripts/mkroot.sh" --run "$root" -- env "${envb[@]}" bash -c "$inner_bench" inner "$major" 2>&1 8>&- | tee "$log"
+	elif [[ $build_only -eq 1 ]]; then
 		bash "$repo/scripts/mkroot.sh" --run "$root" -- bash -c "$inner_build" inner "$major" 2>&1 8>&- | tee "$log"
 	else
 		envv=(BYOK_PG_MAJOR="$major")

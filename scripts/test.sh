@@ -16,8 +16,11 @@
 # (prove over test/debian/*.pl, as root: the Debian package built, linted,
 # installed and used in a fresh Debian 12 root, and the install docs run
 # literally there; about 5 minutes once its cached root exists, see
-# test/debian/090_debian_package.pl).  Every suite runs even if an earlier
-# one failed.  The output ends with a summary table
+# test/debian/090_debian_package.pl), then pg17 and pg18 (as root: the
+# unit, emulator and tap suites again on PostgreSQL 17 in a Debian 13 root
+# and on 18 in a Debian unstable root, through scripts/pgversions.sh; about
+# 15 minutes each once their cached roots exist, see docs/versions.md).
+# Every suite runs even if an earlier one failed.  The output ends with a summary table
 # and, as the very last line, "N passed, N failed" over all tests; CI reads
 # that line.  A suite that did not run or did not report counts as one
 # failure; so does a build that fails or warns in our own files.  The exit
@@ -37,12 +40,33 @@
 # -- instead of building and installing this tree (the unit tests are still
 # built from it); tests that flip the test build's switches (test/t/022's
 # strace of pg_byok, 023's broken hooks) then fail, since a release build
-# has none.
+# has none.  BYOK_TEST_MAJORS="17 18" names the other majors
+# to run (default: both when PROVE_TESTS is empty, none when it is set; ""
+# runs none); they get the test/t/ files of PROVE_TESTS.  Inside a root
+# (BYOK_PG_MAJOR set by pgversions.sh) neither they nor the debian suite,
+# which is about Debian 12's package, run.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 test_user=byoktest
 suites=(unit emulator tap debian)
+inside_root=0
+[[ -n ${BYOK_PG_MAJOR:-} && ${BYOK_PG_MAJOR} != 15 ]] && inside_root=1
+if [[ $inside_root -eq 1 ]]; then
+	other_majors=
+elif [[ -n ${BYOK_TEST_MAJORS+set} ]]; then
+	other_majors=$BYOK_TEST_MAJORS
+elif [[ -n ${PROVE_TESTS:-} ]]; then
+	other_majors=
+else
+	other_majors="17 18"
+fi
+for m in $other_majors; do
+	case $m in
+	17 | 18) suites+=("pg$m") ;;
+	*) echo "test.sh: BYOK_TEST_MAJORS may name 17 and 18, not \"$m\"" >&2; exit 2 ;;
+	esac
+done
 
 declare -A n_passed n_failed state seconds
 build_state=ok
@@ -337,9 +361,26 @@ run_debian() {
 	fi
 }
 
+# pg17, pg18: the suite on another major, in its Debian root, counted by
+# the total line scripts/pgversions.sh ends with.
+run_major() {
+	local suite=$1 major=${1#pg} log=$logs/$1.log rc
+	local -a envv=()
+	[[ -n $tap_tests ]] && envv+=(PROVE_TESTS="$tap_tests")
+	[[ -n ${BYOK_KEEP_WORKDIR:-} ]] && envv+=(BYOK_KEEP_WORKDIR=1)
+	say "suite: $suite (scripts/pgversions.sh $major: unit, emulator and tap on PostgreSQL $major)"
+	env "${envv[@]}" bash "$repo/scripts/pgversions.sh" "$major" 9>&- 2>&1 | tee "$log"
+	rc=${PIPESTATUS[0]}
+	parse_simple "$suite" "$rc"
+}
+
 run_suite() {
 	local suite=$1 target
 	case $suite in
+	pg17 | pg18)
+		run_major "$suite"
+		return
+		;;
 	unit) target=(unittest) ;;
 	emulator) target=(emulatortest) ;;
 	tap)
@@ -387,7 +428,15 @@ for suite in "${suites[@]}"; do
 		n_passed[$suite]=0
 		n_failed[$suite]=0
 		state[$suite]="skipped (not in PROVE_TESTS)"
-	elif [[ $suite == debian && $as_root -ne 1 ]]; then
+	elif [[ $suite == pg1[78] && -n ${PROVE_TESTS:-} && -z $tap_tests ]]; then
+		n_passed[$suite]=0
+		n_failed[$suite]=0
+		state[$suite]="skipped (no test/t/ file in PROVE_TESTS)"
+	elif [[ $suite == debian && $inside_root -eq 1 ]]; then
+		n_passed[$suite]=0
+		n_failed[$suite]=0
+		state[$suite]="skipped (the Debian 12 package; runs with PostgreSQL 15)"
+	elif [[ ( $suite == debian || $suite == pg1[78] ) && $as_root -ne 1 ]]; then
 		n_passed[$suite]=0
 		n_failed[$suite]=0
 		state[$suite]="skipped (needs root)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# test/bench/wal.sh -- WAL-heavy benchmark: stock PostgreSQL 15 against byok
-# (pages and WAL encrypted) in the same run.
+# test/bench/wal.sh -- WAL-heavy benchmark: stock PostgreSQL against byok
+# (pages and WAL encrypted) in the same run, both of the PostgreSQL that
+# pg_config (or $PG_CONFIG) names.
 #
 #   bash test/bench/wal.sh [--quick]
 #
@@ -26,7 +27,7 @@ if [[ $(id -u) -eq 0 ]]; then
 	exec runuser -u "$user" -- bash "$script" "$@"
 fi
 
-bindir=$(pg_config --bindir)
+bindir=$("${PG_CONFIG:-pg_config}" --bindir)
 export PATH=$bindir:$PATH
 pairs=${BENCH_PAIRS:-$([[ $quick == 1 ]] && echo 3 || echo 5)}
 secs=${BENCH_TIME:-$([[ $quick == 1 ]] && echo 10 || echo 20)}
