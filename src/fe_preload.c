@@ -566,21 +566,35 @@ pread64(int fd, void *buf, size_t count, off_t offset)
 	return w ? wal_pread(w, fd, buf, count, offset) : real.pread64(fd, buf, count, offset);
 }
 
+/*
+ * read, write and writev on a WAL descriptor are their positional twins at
+ * the file position, which then moves past what was transferred.
+ */
+static inline bool
+fd_position(int fd, off_t *pos)
+{
+	return (*pos = lseek(fd, 0, SEEK_CUR)) >= 0;
+}
+
+static inline ssize_t
+fd_advance(int fd, off_t pos, ssize_t n)
+{
+	if (n > 0 && lseek(fd, pos + n, SEEK_SET) < 0)
+		return -1;
+	return n;
+}
+
 FE_INTERPOSE ssize_t
 read(int fd, void *buf, size_t count)
 {
 	FeWalFd    *w = wal_fd(fd);
 	off_t		pos;
-	ssize_t		n;
 
 	if (w == NULL)
 		return real.read(fd, buf, count);
-	if ((pos = lseek(fd, 0, SEEK_CUR)) < 0)
+	if (!fd_position(fd, &pos))
 		return -1;
-	n = wal_pread(w, fd, buf, count, pos);
-	if (n > 0 && lseek(fd, pos + n, SEEK_SET) < 0)
-		return -1;
-	return n;
+	return fd_advance(fd, pos, wal_pread(w, fd, buf, count, pos));
 }
 
 /* --- writing ----------------------------------------------------------------- */
@@ -778,18 +792,14 @@ write(int fd, const void *buf, size_t count)
 {
 	FeWalFd    *w = wal_fd(fd);
 	off_t		pos;
-	ssize_t		n;
 
 	if (w == NULL && fd >= 0 && fd < MAX_FDS && fe_active && fe_fds[fd].twophase)
 		return twophase_write(&fe_fds[fd], fd, buf, count);
 	if (w == NULL)
 		return real.write(fd, buf, count);
-	if ((pos = lseek(fd, 0, SEEK_CUR)) < 0)
+	if (!fd_position(fd, &pos))
 		return -1;
-	n = wal_pwrite(w, fd, buf, count, pos);
-	if (n > 0 && lseek(fd, pos + n, SEEK_SET) < 0)
-		return -1;
-	return n;
+	return fd_advance(fd, pos, wal_pwrite(w, fd, buf, count, pos));
 }
 
 /*
@@ -828,16 +838,12 @@ writev(int fd, const struct iovec *iov, int iovcnt)
 {
 	FeWalFd    *w = wal_fd(fd);
 	off_t		pos;
-	ssize_t		n;
 
 	if (w == NULL)
 		return real.writev(fd, iov, iovcnt);
-	if ((pos = lseek(fd, 0, SEEK_CUR)) < 0)
+	if (!fd_position(fd, &pos))
 		return -1;
-	n = wal_pwritev(w, fd, iov, iovcnt, pos);
-	if (n > 0 && lseek(fd, pos + n, SEEK_SET) < 0)
-		return -1;
-	return n;
+	return fd_advance(fd, pos, wal_pwritev(w, fd, iov, iovcnt, pos));
 }
 
 FE_INTERPOSE ssize_t
