@@ -19,7 +19,7 @@
 # test/debian/090_debian_package.pl), then pg17 and pg18 (as root: the
 # unit, emulator and tap suites again on PostgreSQL 17 in a Debian 13 root
 # and on 18 in a Debian unstable root, through scripts/pgversions.sh; about
-# 15 minutes each once their cached roots exist, see docs/versions.md).
+# 16 minutes each once their cached roots exist, see docs/versions.md).
 # Every suite runs even if an earlier one failed.  The output ends with a summary table
 # and, as the very last line, "N passed, N failed" over all tests; CI reads
 # that line.  A suite that did not run or did not report counts as one
