@@ -398,6 +398,19 @@ byok_startup(void)
 		byok_report(FATAL, ERRCODE_INTERNAL_ERROR, &err);
 	}
 	byok_wipe(material, sizeof(material));
+	{
+		double		vaes_us,
+					openssl_us;
+		const char *openssl_version;
+
+		if (byok_crypto_measured(&vaes_us, &openssl_us, &openssl_version))
+			ereport(LOG,
+					(errmsg("byok: the page cipher runs on %s, the faster of the two here",
+							byok_crypto_implementation()),
+					 errdetail("Measured at start: a page takes %.3f microseconds with vaes-avx2 and %.3f with openssl (%s).",
+							   vaes_us, openssl_us, openssl_version),
+					 errhint("BYOK_CIPHER_IMPL=openssl or =vaes in the server's environment overrides the choice; the stored bytes are the same.")));
+	}
 
 	data_checksums = DataChecksumsEnabled();
 	byok_smgr_configure(data_checksums);

@@ -34,7 +34,7 @@
  * docs/format2.md has the byte tables.  The OpenSSL contexts are created
  * once per process (in the postmaster, inherited by fork); per page only
  * the tweak changes.  src/aes_hw.c computes the same bytes with VAES when
- * the CPU has it.
+ * the CPU has it, and is used when it is the faster of the two here.
  *
  * This file compiles for the server module and for the frontend program
  * pg_byok (FRONTEND defined).
@@ -49,6 +49,7 @@
 
 #include <stdarg.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -136,12 +137,19 @@ static ByokKeySlot *cur = &slots[BYOK_SLOT_CURRENT];
 static bool exit_wipe_registered = false;
 
 /*
- * Which code computes AES: VAES/AVX2 (aes_hw.c) when the CPU has it,
- * else OpenSSL.  Both produce the same bytes; BYOK_CIPHER_IMPL=openssl in
- * the environment forces OpenSSL and PostgreSQL's own page checksum code
- * (to compare, or to rule byok's vector code out when diagnosing).
+ * Which code computes AES: VAES/AVX2 (aes_hw.c) or OpenSSL.  Both produce
+ * the same bytes (test/unit checks them against each other and against
+ * known answers), so the choice is one of speed only.  BYOK_CIPHER_IMPL=auto
+ * (the default) takes the faster on this machine, measured once per
+ * process (xts_measure); openssl forces OpenSSL and PostgreSQL's own page
+ * checksum code (to compare, or to rule byok's vector code out when
+ * diagnosing); vaes forces aes_hw.c.
  */
 static bool use_hw = false;
+
+/* What xts_measure found: microseconds per page; 0 until it ran. */
+static double measured_hw_us = 0;
+static double measured_openssl_us = 0;
 
 /*
  * Whether the CPU can run aes_hw.c at all: every slot's round keys are
@@ -337,6 +345,99 @@ slot_set_file(ByokKeySlot *s, int c, const uint8_t *tail)
 	return s->file_k1e[c] && s->file_k1d[c] && s->file_k2e[c] && s->file_tail[c];
 }
 
+static double
+monotonic_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double) ts.tv_sec * 1e6 + (double) ts.tv_nsec / 1e3;
+}
+
+/*
+ * BYOK_CIPHER_IMPL=auto: is aes_hw.c faster than OpenSSL here?  Which one
+ * wins depends on OpenSSL's version, not only on the CPU: on the same
+ * AVX-512 machine Debian 12's OpenSSL 3.0 runs XTS at about half the speed
+ * of aes_hw.c (it has no VAES XTS), Debian 13's OpenSSL 3.5 at about 1.7
+ * times it (an AVX-512 VAES XTS).  So both encrypt the two units of a page,
+ * with a new tweak each as page_crypt does, under a throwaway random key
+ * (used for nothing else, so kept in ordinary memory): 16 pages per round,
+ * interleaved, best of 9 rounds, about 0.2 ms once per process (the
+ * postmaster's children inherit the result).
+ */
+static bool
+xts_measure(void)
+{
+#define MEASURE_ROUNDS	9
+#define MEASURE_PAGES	16
+	static int	hw_faster = -1;
+	const size_t head_len = BYOK_PAGE_BODY_START - BYOK_PAGE_CLEAR_BYTES;
+	uint8_t		key[2 * BYOK_KEY_LEN];
+	uint8_t		tweak[BYOK_BLOCK_LEN] = {0};
+	uint8_t		page[BYOK_PAGE_SIZE] = {0};
+	ByokXtsSchedule sched;
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	double		best_hw = 0,
+				best_openssl = 0;
+	bool		ok = true;
+
+	if (hw_faster >= 0)
+		return hw_faster == 1;
+
+	if (ctx == NULL || !byok_random_bytes(key, sizeof(key)) ||
+		EVP_CipherInit_ex(ctx, EVP_aes_256_xts(), NULL, key, NULL, 1) != 1)
+		crypto_bug("could not set up the cipher measurement");
+	byok_aes_hw_xts_expand(key, key + BYOK_KEY_LEN, &sched);
+	byok_wipe(key, sizeof(key));
+
+	for (int r = 0; r < MEASURE_ROUNDS; r++)
+	{
+		double		t0,
+					t1,
+					t2;
+		int			outl;
+
+		t0 = monotonic_us();
+		for (int i = 0; i < MEASURE_PAGES; i++)
+		{
+			tweak[0] = (uint8_t) i;
+			ok &= byok_aes_hw_xts_encrypt(&sched, tweak, page + BYOK_PAGE_CLEAR_BYTES,
+										  page + BYOK_PAGE_CLEAR_BYTES, head_len);
+			ok &= byok_aes_hw_xts_encrypt(&sched, tweak, page + BYOK_PAGE_BODY_START,
+										  page + BYOK_PAGE_BODY_START,
+										  BYOK_PAGE_SIZE - BYOK_PAGE_BODY_START);
+		}
+		t1 = monotonic_us();
+		for (int i = 0; i < MEASURE_PAGES; i++)
+		{
+			tweak[0] = (uint8_t) i;
+			ok &= EVP_CipherInit_ex(ctx, NULL, NULL, NULL, tweak, -1) == 1 &&
+				EVP_CipherUpdate(ctx, page + BYOK_PAGE_CLEAR_BYTES, &outl,
+								 page + BYOK_PAGE_CLEAR_BYTES, (int) head_len) == 1;
+			ok &= EVP_CipherInit_ex(ctx, NULL, NULL, NULL, tweak, -1) == 1 &&
+				EVP_CipherUpdate(ctx, page + BYOK_PAGE_BODY_START, &outl,
+								 page + BYOK_PAGE_BODY_START,
+								 BYOK_PAGE_SIZE - BYOK_PAGE_BODY_START) == 1;
+		}
+		t2 = monotonic_us();
+		if (r == 0 || t1 - t0 < best_hw)
+			best_hw = t1 - t0;
+		if (r == 0 || t2 - t1 < best_openssl)
+			best_openssl = t2 - t1;
+	}
+	EVP_CIPHER_CTX_free(ctx);
+	byok_wipe(&sched, sizeof(sched));
+	if (!ok)
+		crypto_bug("the cipher measurement failed");
+
+	measured_hw_us = best_hw / MEASURE_PAGES;
+	measured_openssl_us = best_openssl / MEASURE_PAGES;
+	hw_faster = measured_hw_us <= measured_openssl_us ? 1 : 0;
+	return hw_faster == 1;
+#undef MEASURE_ROUNDS
+#undef MEASURE_PAGES
+}
+
 /*
  * Set up the selected slot from the cluster key material.  Handles key
  * material: every derived key is wiped once its context holds it.
@@ -363,10 +464,10 @@ byok_crypto_init(const uint8_t *key_material, ByokError *err)
 					   "invalid cipher implementation \"%.60s\"", impl);
 		return false;
 	}
-	use_hw = !force_openssl && cpu_has_hw();
+	use_hw = !force_openssl && cpu_has_hw() && (require_vaes || xts_measure());
 	use_avx2_checksum = !force_openssl && byok_checksum_avx2_built &&
 		byok_cpu_has_avx2();
-	if (require_vaes && !use_hw)
+	if (require_vaes && !cpu_has_hw())
 	{
 		byok_error_set(err, "BYOK_CIPHER_IMPL=vaes, but this CPU (or the kernel) lacks AES-NI, AVX2 or VAES.",
 					   "Unset BYOK_CIPHER_IMPL to use OpenSSL on this machine.",
@@ -479,6 +580,15 @@ const char *
 byok_crypto_implementation(void)
 {
 	return use_hw ? "vaes-avx2" : "openssl";
+}
+
+bool
+byok_crypto_measured(double *vaes_us, double *openssl_us, const char **openssl_version)
+{
+	*openssl_version = OpenSSL_version(OPENSSL_VERSION);
+	*vaes_us = measured_hw_us;
+	*openssl_us = measured_openssl_us;
+	return measured_hw_us > 0 || measured_openssl_us > 0;
 }
 
 /* Copy the key material in use (to wrap it under another key): handles key

@@ -100,6 +100,14 @@ extern void byok_crypto_wipe(void);
 extern bool byok_crypto_ready(void);
 /* "vaes-avx2" or "openssl": which code computes AES in this process. */
 extern const char *byok_crypto_implementation(void);
+
+/*
+ * What BYOK_CIPHER_IMPL=auto measured to choose: microseconds per page
+ * with each, and OpenSSL's version text.  False (and zeros) if this
+ * process did not measure: forced by BYOK_CIPHER_IMPL, or no VAES here.
+ */
+extern bool byok_crypto_measured(double *vaes_us, double *openssl_us,
+								 const char **openssl_version);
 extern bool byok_crypto_material_equals(const uint8_t material[BYOK_KEY_LEN]);
 extern bool byok_crypto_material_copy(uint8_t out[BYOK_KEY_LEN]);
 
