@@ -281,6 +281,19 @@ for my $row (split /\n/, $node->safe_psql('postgres',
 $pid{watchdog} = $node->safe_psql('postgres', 'SELECT watchdog_pid FROM byok_status()');
 # the watchdog has polled Key Protect since (it holds a token of its own)
 sleep 2;
+
+# The cores are taken between two polls.  While a Key Protect request is in
+# flight, libcurl's live request buffers (the Authorization header) hold the
+# bearer token in ordinary memory; with polls every second a core can catch
+# one (CI saw "IAM token (JWT header) (2x)" in the watchdog's core once).
+# So: a long interval, then one complete poll under it (the reload wakes
+# the watchdog, which polls and then sleeps 600 s) before any core.
+my $reloaded_at = $node->safe_psql('postgres', 'SELECT now()');
+$node->append_conf('postgresql.conf', "byok.kms_poll_interval = 600\n");
+$node->reload;
+ok($node->poll_query_until('postgres',
+		"SELECT last_poll_success > '$reloaded_at' AND last_poll_success >= last_poll_attempt FROM byok_status()"),
+	'the watchdog polled once more after the reload and now sleeps between polls');
 unlike(slurp_file($node->logfile), qr/WARNING:  byok: (could not|cipher contexts are not)/,
 	'no warning about key memory (locking, routing OpenSSL\'s allocations)');
 
