@@ -49,7 +49,6 @@
 
 #include <stdarg.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -59,6 +58,7 @@
 #include <openssl/sha.h>
 
 #include "access/xlog_internal.h"
+#include "portability/instr_time.h"
 #include "storage/bufpage.h"
 #include "storage/checksum.h"
 #ifdef FRONTEND
@@ -345,15 +345,6 @@ slot_set_file(ByokKeySlot *s, int c, const uint8_t *tail)
 	return s->file_k1e[c] && s->file_k1d[c] && s->file_k2e[c] && s->file_tail[c];
 }
 
-static double
-monotonic_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double) ts.tv_sec * 1e6 + (double) ts.tv_nsec / 1e3;
-}
-
 /*
  * BYOK_CIPHER_IMPL=auto: is aes_hw.c faster than OpenSSL here?  Which one
  * wins depends on OpenSSL's version, not only on the CPU: on the same
@@ -392,12 +383,14 @@ xts_measure(void)
 
 	for (int r = 0; r < MEASURE_ROUNDS; r++)
 	{
-		double		t0,
+		instr_time	t0,
 					t1,
 					t2;
+		double		hw_us,
+					openssl_us;
 		int			outl;
 
-		t0 = monotonic_us();
+		INSTR_TIME_SET_CURRENT(t0);
 		for (int i = 0; i < MEASURE_PAGES; i++)
 		{
 			tweak[0] = (uint8_t) i;
@@ -407,7 +400,7 @@ xts_measure(void)
 										  page + BYOK_PAGE_BODY_START,
 										  BYOK_PAGE_SIZE - BYOK_PAGE_BODY_START);
 		}
-		t1 = monotonic_us();
+		INSTR_TIME_SET_CURRENT(t1);
 		for (int i = 0; i < MEASURE_PAGES; i++)
 		{
 			tweak[0] = (uint8_t) i;
@@ -419,11 +412,15 @@ xts_measure(void)
 								 page + BYOK_PAGE_BODY_START,
 								 BYOK_PAGE_SIZE - BYOK_PAGE_BODY_START) == 1;
 		}
-		t2 = monotonic_us();
-		if (r == 0 || t1 - t0 < best_hw)
-			best_hw = t1 - t0;
-		if (r == 0 || t2 - t1 < best_openssl)
-			best_openssl = t2 - t1;
+		INSTR_TIME_SET_CURRENT(t2);
+		INSTR_TIME_SUBTRACT(t2, t1);
+		INSTR_TIME_SUBTRACT(t1, t0);
+		hw_us = INSTR_TIME_GET_DOUBLE(t1) * 1e6;
+		openssl_us = INSTR_TIME_GET_DOUBLE(t2) * 1e6;
+		if (r == 0 || hw_us < best_hw)
+			best_hw = hw_us;
+		if (r == 0 || openssl_us < best_openssl)
+			best_openssl = openssl_us;
 	}
 	EVP_CIPHER_CTX_free(ctx);
 	byok_wipe(&sched, sizeof(sched));
