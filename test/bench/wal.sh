@@ -5,6 +5,9 @@
 #
 #   bash test/bench/wal.sh [--quick]
 #
+# BENCH_PAIRS, BENCH_TIME (s per tpcb run), BENCH_ROWS (bulk rows) size
+# the runs; BENCH_CASES="tpcb" (or "bulk") runs only that case.
+#
 # Two clusters side by side, same settings, interleaved runs (stock, byok,
 # stock, byok, ...), medians and the byok/stock ratio of:
 #  (a) bulk load: INSERT ... SELECT of narrow rows with synchronous_commit
@@ -31,6 +34,10 @@ bindir=$("${PG_CONFIG:-pg_config}" --bindir)
 export PATH=$bindir:$PATH
 pairs=${BENCH_PAIRS:-$([[ $quick == 1 ]] && echo 3 || echo 5)}
 secs=${BENCH_TIME:-$([[ $quick == 1 ]] && echo 10 || echo 20)}
+cases=${BENCH_CASES:-bulk tpcb}
+for case in $cases; do
+	[[ $case == bulk || $case == tpcb ]] || { echo "wal.sh: BENCH_CASES: unknown case '$case' (bulk, tpcb)" >&2; exit 2; }
+done
 rows=${BENCH_ROWS:-$([[ $quick == 1 ]] && echo 500000 || echo 2000000)}
 work=$(mktemp -d "${TMPDIR:-/tmp}/byok-walbench.XXXXXX")
 sock=$work/sock
@@ -81,7 +88,7 @@ tpcb_run() {
 # run.sh does, so that a drift of the machine (the disk's fsync latency
 # moves by tens of per cent on this VM) does not always favour one side.
 declare -A results
-for case in bulk tpcb; do
+for case in $cases; do
 	for c in stock byok; do results[$case.$c]=""; done
 	results[$case.pairs]=""
 	for ((i = 1; i <= pairs; i++)); do
@@ -101,7 +108,7 @@ done
 wal_pages=$(psql_c byok "CREATE EXTENSION IF NOT EXISTS byok; SELECT wal_pages_encrypted FROM byok_status()" | tail -1)
 echo
 printf '%-34s %12s %12s %7s %7s %8s %s\n' case stock byok ratio pairs target result
-for case in bulk tpcb; do
+for case in $cases; do
 	s=$(echo "${results[$case.stock]}" | tr ' ' '\n' | grep . | median)
 	b=$(echo "${results[$case.byok]}" | tr ' ' '\n' | grep . | median)
 	r=$(awk -v s="$s" -v b="$b" 'BEGIN {if (s > 0) printf "%.3f", b / s; else print "nan"}')
